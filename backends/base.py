@@ -1,0 +1,96 @@
+"""The backend interface: what an array library adds beyond the Array API.
+
+A :class:`Backend` is looked up from an array namespace through the registry in
+:mod:`pcrsolve.backends`. The base class works for any Array-API namespace (it is what
+``array_api_strict`` and unknown libraries get); subclasses add device handling,
+synchronisation for timing, memory accounting, automatic differentiation and kernels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Backend", "CostModel", "MemoryTracker"]
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Rough per-backend constants that ``method="auto"`` uses to choose a solver.
+
+    Attributes
+    ----------
+    step_overhead : float
+        Seconds of fixed cost per step of the sequential loop (interpreter + launch).
+    level_overhead : float
+        Seconds of fixed cost per level of a parallel reduction (a handful of array ops).
+    flop_time : float
+        Seconds per multiply-add inside a batched array operation.
+    """
+
+    step_overhead: float = 5e-6
+    level_overhead: float = 1e-4
+    flop_time: float = 1e-9
+
+
+class MemoryTracker:
+    """Measures the peak memory allocated between :meth:`start` and :meth:`stop`.
+
+    The base tracker measures nothing: :meth:`stop` returns ``None`` ("not available").
+    """
+
+    def start(self) -> None:
+        """Begin tracking (resets the peak)."""
+
+    def stop(self) -> int | None:
+        """Stop tracking and return the peak number of bytes allocated, or ``None``."""
+        return None
+
+
+class Backend:
+    """What pcrsolve knows about one array library.
+
+    Parameters
+    ----------
+    xp : module
+        The Array-API namespace (as returned by ``array_api_compat.array_namespace``).
+    """
+
+    #: Registry name of the library ("numpy", "torch", "cupy", "array_api_strict", ...).
+    name: str = "generic"
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+
+    def __repr__(self) -> str:
+        return f"<pcrsolve backend {self.name!r}>"
+
+    # -- devices and timing -------------------------------------------------------------
+    def is_accelerator(self, device: Any) -> bool:
+        """Whether ``device`` is a GPU (or other accelerator) rather than the host CPU."""
+        return False
+
+    def synchronize(self, device: Any) -> None:
+        """Block until all work queued on ``device`` has finished (for honest timings)."""
+
+    def timer(self) -> float:
+        """A monotonic clock in seconds; call :meth:`synchronize` before reading it."""
+        return time.perf_counter()
+
+    def memory_tracker(self, device: Any) -> MemoryTracker:
+        """A tracker of peak memory on ``device`` (may measure nothing)."""
+        return MemoryTracker()
+
+    # -- solver selection -----------------------------------------------------------------
+    def cost_model(self, device: Any) -> CostModel:
+        """Constants for ``method="auto"`` on ``device``."""
+        return CostModel()
+
+    # -- automatic differentiation (overridden by libraries that have it) ------------------
+    #: Whether :meth:`jvp` and :meth:`jacobian` use the library's own autodiff.
+    has_autodiff: bool = False
+
+    def requires_grad(self, x: Any) -> bool:
+        """Whether ``x`` takes part in the library's gradient tape."""
+        return False

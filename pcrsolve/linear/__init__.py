@@ -1,0 +1,108 @@
+"""Linear solvers for block-bidiagonal systems.
+
+=================  =============  ==================  ===============================
+method             depth          work (dense)        memory
+=================  =============  ==================  ===============================
+``"sequential"``   L              L w^2               L w
+``"pcr"``          log2 L         L w^3 log2 L        2 (L w^2 + L w)
+``"cr"``           2 log2 L       L w^3               2 (L w^2 + L w)
+``"chunked"``      2C + log2 L/C  2 L w^2 + L w^3     L w + (L/C) w^2
+=================  =============  ==================  ===============================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError
+from ..system import BidiagonalSystem
+from .auto import choose_method, estimate_costs
+from .chunked import default_chunk_size, solve_chunked
+from .cr import solve_cr
+from .pcr import solve_pcr
+from .sequential import solve_sequential
+
+__all__ = [
+    "METHODS",
+    "choose_method",
+    "default_chunk_size",
+    "estimate_costs",
+    "solve_linear",
+]
+
+METHODS = {
+    "sequential": solve_sequential,
+    "pcr": solve_pcr,
+    "cr": solve_cr,
+    "chunked": solve_chunked,
+}
+
+
+def solve_linear(
+    system: BidiagonalSystem, *, method: str = "auto", chunk_size: int | None = None
+) -> Any:
+    """Solve a block-bidiagonal system: all states of a linear recurrence at once.
+
+    Parameters
+    ----------
+    system : BidiagonalSystem
+        ``x_l = A_l x_{l-1} + b_l`` (or the reverse direction), ``l = 1..L``.
+    method : {"auto", "sequential", "pcr", "cr", "chunked"}, default "auto"
+        ``"sequential"`` is the reference loop; ``"pcr"`` recursive doubling (fewest
+        parallel steps); ``"cr"`` work-efficient cyclic reduction; ``"chunked"`` sequential
+        inside chunks and parallel across them (least memory). ``"auto"`` picks by
+        ``L``, ``w``, structure and backend (see :func:`choose_method`).
+    chunk_size : int, optional
+        Steps per chunk for ``method="chunked"`` (default ``ceil(sqrt(L))``).
+
+    Returns
+    -------
+    array, shape (*batch_shape, L, w)
+        ``x_1 .. x_L`` (``x0`` is not repeated), in the system's dtype and namespace.
+
+    Raises
+    ------
+    InputError
+        If ``method`` or ``chunk_size`` is invalid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pcrsolve
+    >>> rng = np.random.default_rng(0)
+    >>> A = 0.5 * rng.standard_normal((1000, 3, 3)) / np.sqrt(3)
+    >>> b = rng.standard_normal((1000, 3))
+    >>> system = pcrsolve.BidiagonalSystem(A, b)
+    >>> x = pcrsolve.solve_linear(system, method="cr")
+    >>> bool(np.allclose(x, pcrsolve.solve_linear(system, method="sequential")))
+    True
+    """
+    if not isinstance(system, BidiagonalSystem):
+        raise InputError(
+            f"`system` must be a pcrsolve.BidiagonalSystem; got {type(system).__name__}. "
+            "Build one with pcrsolve.BidiagonalSystem(A, b, x0, structure=...)."
+        )
+    if method == "auto":
+        method = choose_method(system)
+    if method not in METHODS:
+        raise InputError(
+            f"`method` must be 'auto' or one of {sorted(METHODS)}; got {method!r}"
+        )
+    if chunk_size is not None:
+        if method != "chunked":
+            raise InputError(
+                f"`chunk_size` applies only to method='chunked'; got method={method!r}"
+            )
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise InputError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
+    xp = system.xp
+    A, b, x0 = system.forward_arrays()
+    if method == "chunked":
+        X = solve_chunked(A, b, x0, system.structure, xp, chunk_size)
+    else:
+        X = METHODS[method](A, b, x0, system.structure, xp)
+    if system.reverse:
+        X = xp.flip(X, axis=-2)
+    if X.dtype != system.dtype:
+        X = xp.astype(X, system.dtype)
+    return X
