@@ -22,16 +22,25 @@ class CostModel:
     Attributes
     ----------
     step_overhead : float
-        Seconds of fixed cost per step of the sequential loop (interpreter + launch).
+        Seconds of fixed cost per step of a loop (interpreter + kernel launches).
     level_overhead : float
-        Seconds of fixed cost per level of a parallel reduction (a handful of array ops).
-    flop_time : float
-        Seconds per multiply-add inside a batched array operation.
+        Seconds of fixed cost per level (phase) of a parallel reduction.
+    block_overhead : float
+        Seconds per dense block in a batched matrix product (small-matrix inefficiency).
+    seq_flop_time : float
+        Seconds per multiply-add of one step's matrix-vector product in a loop.
+    par_flop_time : float
+        Seconds per multiply-add of a batched dense block product.
+    elementwise_time : float
+        Seconds per element of a batched elementwise update, copies included.
     """
 
-    step_overhead: float = 5e-6
-    level_overhead: float = 1e-4
-    flop_time: float = 1e-9
+    step_overhead: float = 2.5e-6
+    level_overhead: float = 6e-6
+    block_overhead: float = 6e-8
+    seq_flop_time: float = 1e-9
+    par_flop_time: float = 1.5e-10
+    elementwise_time: float = 2.5e-9
 
 
 class MemoryTracker:

@@ -39,4 +39,5 @@ class CupyBackend(Backend):
         return _PoolTracker()
 
     def cost_model(self, device: Any) -> CostModel:
-        return CostModel(step_overhead=2e-5, level_overhead=1e-4, flop_time=2e-13)
+        return CostModel(step_overhead=2e-5, level_overhead=3e-5, block_overhead=0.0,
+                         seq_flop_time=1e-11, par_flop_time=1e-12, elementwise_time=1e-12)

@@ -50,8 +50,10 @@ class TorchBackend(Backend):
     def cost_model(self, device: Any) -> CostModel:
         if self.is_accelerator(device):
             # Kernel launches dominate; arithmetic is nearly free until blocks get wide.
-            return CostModel(step_overhead=2e-5, level_overhead=1.5e-4, flop_time=2e-13)
-        return CostModel(step_overhead=8e-6, level_overhead=8e-5, flop_time=1e-9)
+            return CostModel(step_overhead=2e-5, level_overhead=3e-5, block_overhead=0.0,
+                             seq_flop_time=1e-11, par_flop_time=1e-12, elementwise_time=1e-12)
+        return CostModel(step_overhead=6e-6, level_overhead=2e-5, block_overhead=6e-8,
+                         seq_flop_time=1e-9, par_flop_time=1.5e-10, elementwise_time=2.5e-9)
 
     def requires_grad(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor) and x.requires_grad

@@ -15,13 +15,13 @@ from typing import Any
 
 from .blocks import STRUCTURES, Structure
 from .errors import InvalidSystemError
-from .namespace import check_finite as check_all_finite
 from .namespace import (
     broadcast_shapes,
     infer_namespace,
     shared_device,
     working_dtype,
 )
+from .namespace import check_finite as check_all_finite
 
 __all__ = ["BidiagonalSystem"]
 
@@ -158,7 +158,7 @@ class BidiagonalSystem:
         shape = (*self.batch_shape, self.width)
         if self.x0 is None:
             return xp.zeros(shape, dtype=dtype, device=self.device)
-        return xp.broadcast_to(xp.astype(self.x0, dtype), shape)
+        return xp.broadcast_to(xp.astype(self.x0, dtype, copy=False), shape)
 
     def forward_arrays(self) -> tuple[Any, Any, Any]:
         """``(A, b, x0)`` in the working dtype and in *forward* orientation.
@@ -174,8 +174,9 @@ class BidiagonalSystem:
         x0 : array, shape (*batch_shape, w)
         """
         xp, dt = self.xp, self.work_dtype
-        A = xp.astype(self.A, dt)
-        b = xp.broadcast_to(xp.astype(self.b, dt), (*self.batch_shape, self.length, self.width))
+        A = xp.astype(self.A, dt, copy=False)
+        b = xp.astype(self.b, dt, copy=False)
+        b = xp.broadcast_to(b, (*self.batch_shape, self.length, self.width))
         if self.reverse:
             A = self.structure.flip(A, xp)
             b = xp.flip(b, axis=-2)
@@ -217,8 +218,9 @@ class BidiagonalSystem:
                 f"`x` must have shape (..., {self.length}, {self.width}); got {tuple(x.shape)}"
             )
         xp = self.xp
-        A = xp.astype(self.A, x.dtype)
-        return x - self.structure.apply(A, self.neighbours(x), xp) - xp.astype(self.b, x.dtype)
+        A = xp.astype(self.A, x.dtype, copy=False)
+        b = xp.astype(self.b, x.dtype, copy=False)
+        return x - self.structure.apply(A, self.neighbours(x), xp) - b
 
     def transpose(self, b: Any | None = None) -> BidiagonalSystem:
         """The transposed system ``M^T y = b`` (the adjoint of this recurrence).
@@ -238,12 +240,12 @@ class BidiagonalSystem:
         """
         xp, s = self.xp, self.structure
         At = s.transpose(self.A, xp)
-        zero = s.zeros(s.batch_shape(At), min(1, self.length), self.width, At, xp)
-        if self.reverse:  # A'_l = A_{l-1}^T, A'_1 = 0
-            At = s.concat([zero, s.take(At, slice(0, self.length - 1))], xp)
-        else:  # A'_l = A_{l+1}^T, A'_L = 0
-            At = s.concat([s.take(At, slice(1, None)), zero], xp)
-        At = s.take(At, slice(0, self.length))
+        if self.length:
+            zero = s.zeros(s.batch_shape(At), 1, self.width, At, xp)
+            if self.reverse:  # A'_l = A_{l-1}^T, A'_1 = 0
+                At = s.concat([zero, s.take(At, slice(0, self.length - 1))], xp)
+            else:  # A'_l = A_{l+1}^T, A'_L = 0
+                At = s.concat([s.take(At, slice(1, None)), zero], xp)
         return BidiagonalSystem(
             At,
             self.b if b is None else b,
@@ -275,7 +277,7 @@ class BidiagonalSystem:
                 f"{_DENSE_LIMIT}. Use it only on small systems."
             )
         dt = self.work_dtype
-        Ad = xp.astype(self.structure.to_dense(self.A, w, xp), dt)
+        Ad = xp.astype(self.structure.to_dense(self.A, w, xp), dt, copy=False)
         shift = xp.eye(L, k=1 if self.reverse else -1, dtype=dt, device=self.device)
         S = Ad[..., :, :, None, :] * shift[:, None, :, None]
         S = xp.broadcast_to(S, (*self.batch_shape, L, w, L, w))
@@ -287,7 +289,7 @@ class BidiagonalSystem:
             b = xp.flip(b, axis=-2)
         if L:
             edge = L - 1 if self.reverse else 0
-            Ae = self.structure.take(xp.astype(self.A, dt), slice(edge, edge + 1))
+            Ae = self.structure.take(xp.astype(self.A, dt, copy=False), slice(edge, edge + 1))
             kick = self.structure.apply(Ae, x0[..., None, :], xp)
             mask = xp.astype(xp.arange(L, device=self.device) == edge, dt)[:, None]
             b = b + mask * kick

@@ -3,12 +3,13 @@
 The sequential loop pays a fixed overhead per step (interpreter, kernel launch) and
 little arithmetic; the parallel solvers pay a fixed overhead per level (``log2 L`` of them)
 and more arithmetic (dense blocks: ``w^3`` per product instead of ``w^2`` per step).
-``method="auto"`` estimates both from the backend's :class:`~pcrsolve.backends.CostModel`
-and picks the cheaper:
+``method="auto"`` estimates each method's time from the backend's
+:class:`~pcrsolve.backends.CostModel` and picks the cheapest:
 
-* long scalar or diagonal recurrences: ``"cr"`` on a CPU, ``"pcr"`` on a GPU;
+* long scalar or diagonal recurrences: ``"cr"`` on a CPU, ``"pcr"`` or ``"cr"`` on a GPU;
 * short recurrences of wide dense blocks: ``"sequential"`` (the extra ``w^3`` work of a
-  block product costs more than the overhead it saves).
+  block product costs more than the overhead it saves);
+* narrow dense blocks with a batch: ``"chunked"`` or ``"cr"``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,17 @@ import math
 from typing import Any
 
 from ..backends import get_backend
+from .chunked import default_chunk_size
 
 __all__ = ["choose_method", "estimate_costs"]
+
+
+def _parallel(n: int, batch: int, a_batch: int, w: int, dense: bool, m: Any) -> float:
+    """Arithmetic of ``n`` block applications (batch) and products (A's batch)."""
+    if dense:
+        blocks = n * (batch + a_batch)
+        return blocks * m.block_overhead + n * (batch * w * w + a_batch * w**3) * m.par_flop_time
+    return n * (batch * w + a_batch * w) * m.elementwise_time
 
 
 def estimate_costs(system: Any) -> dict[str, float]:
@@ -31,20 +41,30 @@ def estimate_costs(system: Any) -> dict[str, float]:
     Returns
     -------
     dict of str to float
-        Keys ``"sequential"``, ``"cr"`` and ``"pcr"``.
+        Keys ``"sequential"``, ``"cr"``, ``"pcr"`` and ``"chunked"``.
     """
     L, w, s = system.length, system.width, system.structure
-    model = get_backend(system.xp).cost_model(system.device)
+    m = get_backend(system.xp).cost_model(system.device)
     batch = math.prod(system.batch_shape)
     a_batch = math.prod(s.batch_shape(system.A))
-    apply, compose = s.flops(w)
+    dense = s.block_ndim == 2
     levels = max(1, math.ceil(math.log2(max(L, 2))))
-    t = model.flop_time
+    per_step = w * w if dense else w
+    seq_step = m.step_overhead + batch * per_step * (m.seq_flop_time if dense else 1e-9)
+    cr = 2 * levels * m.level_overhead + _parallel(2 * L, batch, a_batch, w, dense, m)
+    C = default_chunk_size(L)
+    n = -(-L // C)
+    chunk_levels = max(1, math.ceil(math.log2(max(n, 2))))
+    chunked = (
+        3 * C * m.step_overhead
+        + 2 * chunk_levels * m.level_overhead
+        + _parallel(3 * L, batch, a_batch, w, dense, m)
+    )
     return {
-        "sequential": L * (model.step_overhead + batch * apply * t),
-        "cr": 2 * levels * model.level_overhead + L * (2 * batch * apply + a_batch * compose) * t,
-        "pcr": levels * model.level_overhead
-        + levels * L * (batch * apply + a_batch * compose) * t,
+        "sequential": L * seq_step,
+        "cr": cr,
+        "pcr": levels * m.level_overhead + _parallel(levels * L, batch, a_batch, w, dense, m),
+        "chunked": chunked,
     }
 
 
@@ -58,7 +78,7 @@ def choose_method(system: Any) -> str:
     Returns
     -------
     str
-        One of ``"sequential"``, ``"cr"``, ``"pcr"``.
+        One of ``"sequential"``, ``"cr"``, ``"pcr"``, ``"chunked"``.
     """
     if system.length <= 2:
         return "sequential"

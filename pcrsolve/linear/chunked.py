@@ -61,7 +61,8 @@ def solve_chunked(
     pad = n * C - L
     if pad:
         A = structure.concat([A, structure.zeros(structure.batch_shape(A), pad, w, A, xp)], xp)
-        b = xp.concat([b, xp.zeros((*b.shape[:-2], pad, w), dtype=b.dtype, device=device_of(b))], -2)
+        zeros = xp.zeros((*b.shape[:-2], pad, w), dtype=b.dtype, device=device_of(b))
+        b = xp.concat([b, zeros], axis=-2)
     abatch = structure.batch_shape(A)
     Ac = xp.reshape(A, (*abatch, n, C, *structure.block_shape(w)))
     bc = xp.reshape(b, (*b.shape[:-2], n, C, w))

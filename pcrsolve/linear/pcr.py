@@ -49,6 +49,8 @@ def solve_pcr(A: Any, b: Any, x0: Any, structure: Structure, xp: Any) -> Any:
     array, shape (..., L, w)
     """
     L = b.shape[-2]
+    if L == 0:
+        return b
     b = fold_x0(A, b, x0, structure, xp)
     tail = structure.take(A, slice(1, None))  # A_l for l >= d, here d = 1
     d = 1

@@ -1,0 +1,9 @@
+"""Benchmarks: ``python -m pcrsolve bench SUITE``. Each suite compares, in one run, the
+sequential loop with every parallel method on the same problem."""
+
+from __future__ import annotations
+
+from . import linear  # noqa: F401  (registers the suite)
+from .harness import SUITES, Report, Row, Workspace, measure, suite
+
+__all__ = ["SUITES", "Report", "Row", "Workspace", "measure", "suite"]

@@ -1,0 +1,120 @@
+"""Shared fixtures: every test that takes ``backend`` runs on each array library.
+
+NumPy, array_api_strict and torch (CPU) always run; torch CUDA and CuPy join
+automatically when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+@dataclass
+class BackendCase:
+    """Turns NumPy float64 data into arrays of one library/device, and back."""
+
+    name: str
+    make: Callable[[np.ndarray, str], Any]
+    back: Callable[[Any], np.ndarray]
+
+    def __call__(self, a: np.ndarray, dtype: str = "float64") -> Any:
+        return self.make(np.asarray(a), dtype)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _numpy() -> BackendCase:
+    return BackendCase("numpy", lambda a, dt: a.astype(dt), lambda x: np.asarray(x, np.float64))
+
+
+def _strict() -> BackendCase:
+    import array_api_strict as xps
+
+    return BackendCase(
+        "array_api_strict",
+        lambda a, dt: xps.asarray(a.astype(dt)),
+        lambda x: np.asarray(x, dtype=np.float64),
+    )
+
+
+def _torch(device: str) -> BackendCase:
+    import torch
+
+    return BackendCase(
+        f"torch-{device}",
+        lambda a, dt: torch.as_tensor(a.astype(dt), device=device),
+        lambda x: x.detach().cpu().double().numpy(),
+    )
+
+
+def _cupy() -> BackendCase:
+    import cupy
+
+    return BackendCase("cupy", lambda a, dt: cupy.asarray(a.astype(dt)),
+                       lambda x: cupy.asnumpy(x).astype(np.float64))
+
+
+def _gpu_available() -> tuple[bool, bool]:
+    torch_cuda = cupy_ok = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch_cuda = torch.cuda.is_available()
+    if importlib.util.find_spec("cupy") is not None:
+        try:
+            import cupy
+
+            cupy_ok = cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception:
+            cupy_ok = False
+    return torch_cuda, cupy_ok
+
+
+def backend_cases() -> list[Any]:
+    """The backends of this machine, as pytest params."""
+    cases: list[Any] = [pytest.param(_numpy, id="numpy")]
+    cases.append(pytest.param(_strict, id="array_api_strict"))
+    have_torch = importlib.util.find_spec("torch") is not None
+    cases.append(pytest.param(lambda: _torch("cpu"), id="torch-cpu",
+                              marks=pytest.mark.skipif(not have_torch, reason="no torch")))
+    torch_cuda, cupy_ok = _gpu_available()
+    if torch_cuda:
+        cases.append(pytest.param(lambda: _torch("cuda"), id="torch-cuda"))
+    if cupy_ok:
+        cases.append(pytest.param(_cupy, id="cupy"))
+    return cases
+
+
+@pytest.fixture(params=backend_cases())
+def backend(request: pytest.FixtureRequest) -> BackendCase:
+    """One array library (and device) per test instance."""
+    return request.param()
+
+
+SESSION_SEED = int(os.environ.get("PCRSOLVE_SEED", secrets.randbelow(2**31)))
+
+
+def pytest_report_header() -> str:
+    return f"pcrsolve random seed: PCRSOLVE_SEED={SESSION_SEED} (set it to replay a run)"
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """Fresh random inputs every run; ``PCRSOLVE_SEED`` (printed in the header) replays."""
+    return np.random.default_rng([SESSION_SEED, zlib.crc32(request.node.nodeid.encode())])
+
+
+def tolerance(dtype: str, L: int = 1, factor: float = 50.0) -> float:
+    """A relative tolerance derived from the dtype's eps, growing slowly with L."""
+    eps = float(np.finfo(dtype).eps)
+    return factor * eps * max(1.0, np.log2(max(L, 2)))
