@@ -103,3 +103,16 @@ class Backend:
     def requires_grad(self, x: Any) -> bool:
         """Whether ``x`` takes part in the library's gradient tape."""
         return False
+
+    def jvp(self, step: Any) -> Any:
+        """``jvp(x_prev, l, v)`` of ``step`` by the library's forward-mode autodiff."""
+        raise NotImplementedError(f"the {self.name} backend has no automatic differentiation")
+
+    def check_no_hidden_grad(self, step: Any, x0: Any) -> None:
+        """Raise if ``step`` depends on tensors that require grad but were not passed."""
+
+    def differentiable_solve(
+        self, solve_impl: Any, step: Any, x0: Any, length: int, params: Any, options: dict
+    ) -> Any:
+        """Run ``solve_impl`` so that its states are differentiable (adjoint method)."""
+        raise NotImplementedError(f"the {self.name} backend has no automatic differentiation")

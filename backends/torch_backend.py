@@ -27,6 +27,20 @@ class _CudaTracker(MemoryTracker):
         return max(int(torch.cuda.max_memory_allocated(self._device) - self._base), 0)
 
 
+def torch_jvp(step: Any) -> Any:
+    """``jvp(x_prev, l, v)`` of ``step`` by :func:`torch.func.jvp` (forward mode).
+
+    Broadcast (expanded) inputs are made contiguous first: forward-mode duals cannot
+    alias memory.
+    """
+
+    def jvp(x: torch.Tensor, l: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        x, v = torch.broadcast_tensors(x, v)
+        return torch.func.jvp(lambda z: step(z, l), (x.contiguous(),), (v.contiguous(),))[1]
+
+    return jvp
+
+
 class TorchBackend(Backend):
     """Backend for torch tensors."""
 
@@ -57,3 +71,33 @@ class TorchBackend(Backend):
 
     def requires_grad(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor) and x.requires_grad
+
+    # -- automatic differentiation ----------------------------------------------------------
+    def jvp(self, step: Any) -> Any:
+        """Forward-mode JVP of ``step`` via :func:`torch.func.jvp`."""
+
+        return torch_jvp(step)
+
+    def check_no_hidden_grad(self, step: Any, x0: Any) -> None:
+        """Probe one step: an output that requires grad means hidden parameters."""
+        if not torch.is_grad_enabled():
+            return
+        with torch.enable_grad():
+            probe = step(x0.detach()[..., None, :],
+                         torch.zeros(1, dtype=torch.int64, device=x0.device))
+        if isinstance(probe, torch.Tensor) and probe.requires_grad:
+            from pcrsolve.errors import InputError
+
+            raise InputError(
+                "`step` depends on tensors that require grad, but `params` was not given: "
+                "pass them as params=[...] (or params=module) so that gradients reach them "
+                "through the adjoint solve, or call under torch.no_grad() if none are wanted"
+            )
+
+    def differentiable_solve(
+        self, solve_impl: Any, step: Any, x0: Any, length: int, params: Any, options: dict
+    ) -> Any:
+        """Forward solve without a tape; backward by one adjoint linear solve + one VJP."""
+        from .torch_adjoint import adjoint_solve
+
+        return adjoint_solve(solve_impl, step, x0, length, params, options)

@@ -17,12 +17,16 @@ from .errors import (
     StepFunctionError,
 )
 from .linear import METHODS, choose_method, solve_linear
+from .newton import MODES, default_tolerance, solve
+from .result import Solution, Status
+from .steps import vectorize_step
 from .system import BidiagonalSystem
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "MODES",
     "BackendMismatchError",
     "BidiagonalSystem",
     "ConvergenceError",
@@ -30,7 +34,12 @@ __all__ = [
     "InvalidSystemError",
     "NonFiniteError",
     "PCRSolveError",
+    "Solution",
+    "Status",
     "StepFunctionError",
     "choose_method",
+    "default_tolerance",
+    "solve",
     "solve_linear",
+    "vectorize_step",
 ]

@@ -1,0 +1,439 @@
+"""Newton-PCR (DeepPCR): a nonlinear Markov recurrence solved for all steps at once.
+
+Algorithm (Danieli et al. 2023, "DeepPCR", arXiv:2309.16318; the same iteration is
+DEER, Lim et al. 2024). The recurrence ``x_l = f_l(x_{l-1})``, ``l = 1..L``, is the
+nonlinear system ``X_l - f_l(X_{l-1}) = 0`` in the whole trajectory ``X``. Newton's method
+linearises every step around the current guess, ``J_l = df_l/dx (X_{l-1})``, and the
+update ``D = X' - X`` solves the *linear* recurrence
+
+    D_l = J_l D_{l-1} + (f_l(X_{l-1}) - X_l),   D_0 = 0,
+
+one block-bidiagonal solve (PCR/CR, O(log L) depth) per iteration. Because ``D_0 = 0``
+and the first residual is exact, after ``k`` undamped iterations the first ``k`` states are
+exact *whatever* ``J`` is; so every mode converges in at most ``L`` iterations and in
+practice in a handful (the modes only change how fast):
+
+* ``"newton"``: dense ``J`` (quadratic convergence, O(L w^2) memory);
+* ``"quasi"``: the diagonal of ``J`` (O(L w) memory, elementwise solve);
+* ``"picard"``: ``J = I``, for residual steps ``x + g(x)`` (the solve is a cumulative sum);
+* ``"jacobi"``: ``J = 0``, no solve at all (``X' = f(X_prev)``);
+* ``"sequential"``: the loop itself, the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .backends import get_backend
+from .errors import ConvergenceError, InputError, StepFunctionError
+from .jacobians import finite_difference_jvp, jacobian_provider
+from .linear import METHODS, choose_method, solve_linear
+from .namespace import check_finite, device_of, infer_namespace, working_dtype
+from .result import Solution, Status
+from .steps import checked
+from .system import BidiagonalSystem
+
+__all__ = ["MODES", "solve"]
+
+MODES = ("newton", "quasi", "picard", "jacobi", "sequential")
+_DIVERGENCE_LIMIT = 1e12  # residual growth (relative to max(1, initial)) called divergence
+_MAX_BACKTRACKS = 8
+
+
+def _batch_max(x: Any, xp: Any) -> Any:
+    """``max |x|`` over the step and feature axes: one value per batch element."""
+    return xp.max(xp.abs(x), axis=(-2, -1))
+
+
+class _Problem:
+    """The recurrence being solved: step evaluation with shape/dtype checks."""
+
+    def __init__(self, step: Callable, x0: Any, L: int, xp: Any, dtype: Any) -> None:
+        self.xp, self.L, self.dtype = xp, L, dtype
+        self.x0 = x0
+        self.batch = tuple(x0.shape[:-1])
+        self.w = int(x0.shape[-1])
+        self.idx = xp.arange(L, dtype=xp.int64, device=device_of(x0))
+        self._step = checked(step, "step", xp)
+
+    def prev(self, X: Any) -> Any:
+        """``(x0, X_1, .., X_{L-1})``: the input of every step."""
+        xp = self.xp
+        return xp.concat([self.x0[..., None, :], X[..., :-1, :]], axis=-2)
+
+    def step(self, Xprev: Any) -> Any:
+        return self._step(Xprev, self.idx, expect=(*self.batch, self.L, self.w),
+                          dtype=self.dtype)
+
+
+def _jacobian_blocks(
+    mode: str,
+    step: Callable,
+    jacobian: Callable | None,
+    jacobian_structure: str,
+    jvp: Callable | None,
+    backend: Any,
+    xp: Any,
+) -> tuple[Callable[[Any, Any], Any] | None, str]:
+    """The Jacobian provider for ``mode`` and the structure of the blocks it returns."""
+    if mode == "picard":
+        return (lambda X, l: xp.ones(X.shape[:-1], dtype=X.dtype, device=device_of(X))), "scalar"
+    if mode == "jacobi":
+        return None, "scalar"
+    want = "dense" if mode == "newton" else "diagonal"
+    if jacobian is not None:
+        if jacobian_structure == "diagonal" or want == "dense":
+            return jacobian, jacobian_structure
+        return (lambda X, l: xp.linalg.diagonal(jacobian(X, l))), "diagonal"
+    if jvp is None:
+        jvp = backend.jvp(step) if backend.has_autodiff else finite_difference_jvp(step, xp)
+    return jacobian_provider(jvp, want, xp), want
+
+
+def _check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int) -> None:
+    tail = {"dense": (L, w, w), "diagonal": (L, w), "scalar": (L,)}[structure]
+    ok = J.ndim >= len(tail) and tuple(J.shape[J.ndim - len(tail):]) == tail
+    if ok:
+        jb = tuple(J.shape[: J.ndim - len(tail)])
+        ok = len(jb) <= len(batch) and all(
+            a in (1, b) for a, b in zip(jb[::-1], batch[::-1], strict=False)
+        )
+    if not ok:
+        shown = ", ".join(map(str, tail))
+        raise StepFunctionError(
+            f"`jacobian` must return shape (..., {shown}) ({structure} blocks, batch dims "
+            f"broadcasting to {batch}); got {tuple(J.shape)}"
+        )
+
+
+def solve(
+    step: Callable[[Any, Any], Any],
+    x0: Any,
+    length: int,
+    *,
+    jacobian: Callable[[Any, Any], Any] | None = None,
+    jacobian_structure: str = "dense",
+    jvp: Callable[[Any, Any, Any], Any] | None = None,
+    mode: str = "newton",
+    tol: float | None = None,
+    atol: float | None = None,
+    max_iter: int | None = None,
+    init: Any | None = None,
+    damping: bool = False,
+    linear_method: str = "auto",
+    fallback: bool = False,
+    throw: bool = True,
+    params: Any | None = None,
+    check_inputs: bool = True,
+) -> Solution:
+    """Solve the recurrence ``x_l = f_l(x_{l-1})``, ``l = 1..L``, for all steps at once.
+
+    Parameters
+    ----------
+    step : callable
+        ``step(x_prev, l)``, vectorized over steps: ``x_prev`` of shape ``(..., n, w)``
+        and 0-based step indices ``l`` of shape ``(n,)`` (``l = i`` computes
+        ``x_{i+1}`` from ``x_i``) give the next states ``(..., n, w)``. Leading batch dims
+        must broadcast (the Jacobian is assembled with an extra leading axis).
+        :func:`pcrsolve.vectorize_step` wraps a one-step-at-a-time function.
+    x0 : array, shape (..., w)
+        The initial state; its leading dims are the batch.
+    length : int
+        ``L >= 1``, the number of steps.
+    jacobian : callable, optional
+        ``jacobian(x_prev, l)`` returning ``(..., n, w, w)`` blocks
+        (``jacobian_structure="dense"``) or their diagonals ``(..., n, w)``.
+    jacobian_structure : {"dense", "diagonal"}, default "dense"
+        What ``jacobian`` returns.
+    jvp : callable, optional
+        ``jvp(x_prev, l, v)`` returning ``J_l v`` with the shape of ``v``. Used when no
+        ``jacobian`` is given; the dense blocks come from ``w`` JVPs in one call.
+        With neither, torch uses ``torch.func.jvp``; NumPy/CuPy use central finite
+        differences (accurate to about ``eps^(2/3)``).
+    mode : {"newton", "quasi", "picard", "jacobi", "sequential"}, default "newton"
+        Which Jacobian the iteration uses (see the module docstring).
+    tol : float, optional
+        Relative tolerance ``rtol`` of the stopping rule
+        ``max|X_new - X| <= atol + rtol * max|X_new|`` (per batch element). Default
+        ``sqrt(eps) * 1e-2`` of the dtype, floored at ``50 eps`` (float64: 1.5e-10,
+        float32: 6e-6).
+    atol : float, optional
+        Absolute tolerance, default equal to ``tol``.
+    max_iter : int, optional
+        Iteration limit; default ``L`` (undamped iterations are exact after ``L``).
+    init : array, shape (..., L, w), optional
+        Initial guess of the trajectory (a warm start: e.g. the previous training step's
+        states). Default: ``x0`` repeated.
+    damping : bool, default False
+        Backtrack (halve the update, up to 8 times) for batch elements whose residual
+        grew. Costs an extra step evaluation per backtrack; a damped step forgoes the
+        "first k states exact" guarantee.
+    linear_method : str, default "auto"
+        Method of the linear solve of each iteration (see :func:`pcrsolve.solve_linear`).
+    fallback : bool, default False
+        If the iteration fails (no convergence, divergence, NaN/Inf), compute the states
+        with the sequential loop and report ``Status.FALLBACK`` with the reason.
+    throw : bool, default True
+        Raise :class:`~pcrsolve.ConvergenceError` (carrying the partial solution) when the
+        result is not converged; with ``False``, return it with its status.
+    params : sequence of tensors or torch.nn.Module, optional
+        torch only: the tensors that ``step`` depends on and that require grad. The states
+        are then differentiable with respect to ``x0`` and ``params`` through an adjoint
+        solve (one reverse linear recurrence + one batched VJP), not by backpropagating
+        through the iterations.
+    check_inputs : bool, default True
+        Check ``x0`` and ``init`` for NaN/Inf (one pass and, on a GPU, a sync).
+
+    Returns
+    -------
+    Solution
+        ``states`` of shape ``(..., L, w)``, ``status``, ``iterations``, ``residuals``.
+
+    Raises
+    ------
+    InputError
+        For invalid arguments (the message names the argument).
+    StepFunctionError
+        If ``step``, ``jacobian`` or ``jvp`` returns the wrong type, shape or dtype.
+    ConvergenceError
+        If ``throw`` and the iteration did not converge.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pcrsolve
+    >>> W = np.random.default_rng(0).standard_normal((64, 4, 4)) / 2
+    >>> step = lambda x, l: np.tanh(np.einsum("nij,...nj->...ni", W[l], x))
+    >>> jac = lambda x, l: (1 - step(x, l)[..., None] ** 2) * W[l]
+    >>> sol = pcrsolve.solve(step, np.ones(4), 64, jacobian=jac)
+    >>> sol.status.name, sol.iterations < 10
+    ('CONVERGED', True)
+    """
+    xp = infer_namespace({"x0": x0, "init": init})
+    backend = get_backend(xp)
+    _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol, max_iter,
+              init, linear_method, xp)
+    if params is not None or backend.requires_grad(x0):
+        if not backend.has_autodiff:
+            raise InputError(
+                f"`params` (gradients through the solution) need a backend with autodiff; "
+                f"{backend.name} has none"
+            )
+        return backend.differentiable_solve(
+            _solve_impl, step, x0, length, params,
+            dict(jacobian=jacobian, jacobian_structure=jacobian_structure, jvp=jvp, mode=mode,
+                 tol=tol, atol=atol, max_iter=max_iter, init=init, damping=damping,
+                 linear_method=linear_method, fallback=fallback, throw=throw,
+                 check_inputs=check_inputs),
+        )
+    if backend.has_autodiff:
+        backend.check_no_hidden_grad(step, x0)
+    return _solve_impl(step, x0, length, jacobian=jacobian,
+                       jacobian_structure=jacobian_structure, jvp=jvp, mode=mode, tol=tol,
+                       atol=atol, max_iter=max_iter, init=init, damping=damping,
+                       linear_method=linear_method, fallback=fallback, throw=throw,
+                       check_inputs=check_inputs)
+
+
+def _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol, max_iter,
+              init, linear_method, xp) -> None:
+    if not callable(step):
+        raise InputError(f"`step` must be callable as step(x_prev, l); got {type(step).__name__}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise InputError(f"`length` must be an int >= 1 (the number of steps L); got {length!r}")
+    if mode not in MODES:
+        raise InputError(f"`mode` must be one of {MODES}; got {mode!r}")
+    if jacobian_structure not in ("dense", "diagonal"):
+        raise InputError(
+            f"`jacobian_structure` must be 'dense' or 'diagonal'; got {jacobian_structure!r}"
+        )
+    for name, fn in (("jacobian", jacobian), ("jvp", jvp)):
+        if fn is not None and not callable(fn):
+            raise InputError(f"`{name}` must be callable; got {type(fn).__name__}")
+    if x0.ndim < 1 or x0.shape[-1] < 1:
+        raise InputError(f"`x0` must have shape (..., w) with w >= 1; got {tuple(x0.shape)}")
+    for name, v in (("tol", tol), ("atol", atol)):
+        if v is not None and not (v >= 0):
+            raise InputError(f"`{name}` must be a number >= 0; got {v!r}")
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int)
+                                 or max_iter < 0):
+        raise InputError(f"`max_iter` must be an int >= 0; got {max_iter!r}")
+    if linear_method != "auto" and linear_method not in METHODS:
+        raise InputError(
+            f"`linear_method` must be 'auto' or one of {sorted(METHODS)}; got {linear_method!r}"
+        )
+    if init is not None:
+        expect = (*x0.shape[:-1], length, x0.shape[-1])
+        if tuple(init.shape) != expect:
+            raise InputError(
+                f"`init` must have shape {expect} (batch of x0, L, w); got {tuple(init.shape)}"
+            )
+
+
+def default_tolerance(dtype: Any, xp: Any) -> float:
+    """The default ``tol``/``atol`` for states of ``dtype``."""
+    eps = float(xp.finfo(dtype).eps)
+    return max(50.0 * eps, 1e-2 * eps**0.5)
+
+
+def _solve_impl(
+    step: Callable,
+    x0: Any,
+    length: int,
+    *,
+    jacobian: Callable | None,
+    jacobian_structure: str,
+    jvp: Callable | None,
+    mode: str,
+    tol: float | None,
+    atol: float | None,
+    max_iter: int | None,
+    init: Any | None,
+    damping: bool,
+    linear_method: str,
+    fallback: bool,
+    throw: bool,
+    check_inputs: bool,
+) -> Solution:
+    """The solve itself, for any backend, without gradient bookkeeping."""
+    xp = infer_namespace({"x0": x0, "init": init})
+    work, out_dtype = working_dtype({"x0": x0, "init": init}, xp)
+    if check_inputs:
+        check_finite({"x0": x0, "init": init}, xp)
+    x0w = xp.astype(x0, work, copy=False)
+    prob = _Problem(step, x0w, length, xp, work)
+    L = length
+    rtol = default_tolerance(work, xp) if tol is None else float(tol)
+    atol = rtol if atol is None else float(atol)
+    max_iter = L if max_iter is None else max_iter
+
+    if mode == "sequential":
+        states = _sequential(prob)
+        sol = Solution(xp.astype(states, out_dtype, copy=False), Status.CONVERGED, 0,
+                       mode="sequential", linear_method="none")
+        return sol
+
+    backend = get_backend(xp)
+    jac, structure = _jacobian_blocks(mode, step, jacobian, jacobian_structure, jvp,
+                                      backend, xp)
+    jac_checked = False
+
+    if init is None:
+        X = xp.broadcast_to(x0w[..., None, :], (*prob.batch, L, prob.w))
+    else:
+        X = xp.astype(init, work, copy=False)
+    Xprev = prob.prev(X)
+    F = prob.step(Xprev)
+    R = F - X
+    rnorm = _batch_max(R, xp)
+    residuals = [float(xp.max(rnorm))]
+    updates: list[float] = []
+    active = xp.ones(prob.batch, dtype=xp.bool, device=device_of(x0w))
+    limit = _DIVERGENCE_LIMIT * max(1.0, residuals[0])
+    status = Status.MAX_ITER
+    method_used = linear_method
+    iterations = 0
+    if not _all_finite(F, xp):
+        status = Status.NONFINITE
+    elif residuals[0] == 0.0:
+        status = Status.CONVERGED
+    while status is Status.MAX_ITER and iterations < max_iter:
+        # one Newton step: D_l = J_l D_{l-1} + R_l, D_0 = 0
+        if jac is None:
+            D = R
+        else:
+            J = jac(Xprev, prob.idx)
+            if not jac_checked:
+                _check_blocks(J, structure, prob.batch, L, prob.w)
+                if J.dtype != work:
+                    raise StepFunctionError(
+                        f"`jacobian` must return dtype {work}; got {J.dtype}"
+                    )
+                jac_checked = True
+            system = BidiagonalSystem(J, R, structure=structure, check_finite=False, xp=xp)
+            if method_used == "auto":
+                method_used = choose_method(system)
+            D = solve_linear(system, method=method_used)
+        iterations += 1
+        Xn, Fn, Rn, rn, Xprev_n = _trial(prob, X, D, 1.0, xp)
+        if damping:
+            alpha = 1.0
+            for _ in range(_MAX_BACKTRACKS):
+                worse = ~(rn <= rnorm) & active
+                if not bool(xp.any(worse)):
+                    break
+                alpha /= 2
+                Xt, Ft, Rt, rt, Xprev_t = _trial(prob, X, D, alpha, xp)
+                keep = worse[..., None, None]
+                Xn = xp.where(keep, Xt, Xn)
+                Fn = xp.where(keep, Ft, Fn)
+                Rn = xp.where(keep, Rt, Rn)
+                rn = xp.where(worse, rt, rn)
+                Xprev_n = xp.where(keep, Xprev_t, Xprev_n)
+        # freeze converged batch elements
+        upd = xp.where(active, _batch_max(Xn - X, xp), xp.zeros_like(rnorm))
+        sel = active[..., None, None]
+        X = xp.where(sel, Xn, X)
+        F = xp.where(sel, Fn, F)
+        R = xp.where(sel, Rn, R)
+        Xprev = xp.where(sel, Xprev_n, Xprev)
+        rnorm = xp.where(active, rn, rnorm)
+        updates.append(float(xp.max(upd)))
+        residuals.append(float(xp.max(rnorm)))
+        if not _all_finite(X, xp) or not _all_finite(F, xp):
+            status = Status.NONFINITE
+            break
+        done = upd <= atol + rtol * _batch_max(X, xp)
+        active = active & ~done
+        if not bool(xp.any(active)):
+            status = Status.CONVERGED
+        elif residuals[-1] > limit:
+            status = Status.DIVERGED
+        elif iterations >= L and not damping:
+            # exact in exact arithmetic after L undamped iterations (any Jacobian)
+            status = Status.CONVERGED
+    converged_mask = ~active if status is not Status.NONFINITE else xp.zeros_like(active)
+    if status is Status.CONVERGED:
+        converged_mask = xp.ones_like(active)
+    sol = Solution(xp.astype(X, out_dtype, copy=False), status, iterations, residuals, updates,
+                   converged_mask, mode, method_used)
+    if status is not Status.CONVERGED and fallback:
+        sol.fallback_reason = status
+        sol.status = Status.FALLBACK
+        sol.states = xp.astype(_sequential(prob), out_dtype, copy=False)
+        sol.converged_mask = xp.ones_like(active)
+        return sol
+    if status is not Status.CONVERGED and throw:
+        raise ConvergenceError(
+            f"pcrsolve.solve ({mode}) stopped after {iterations} iteration(s): "
+            f"{status.message}. Final residual {residuals[-1]:.3e}.",
+            sol,
+        )
+    return sol
+
+
+def _trial(prob: _Problem, X: Any, D: Any, alpha: float, xp: Any) -> tuple[Any, ...]:
+    """States ``X + alpha D`` with their step outputs, residuals and residual norms."""
+    Xn = X + D if alpha == 1.0 else X + alpha * D
+    Xprev = prob.prev(Xn)
+    F = prob.step(Xprev)
+    R = F - Xn
+    return Xn, F, R, _batch_max(R, xp), Xprev
+
+
+def _all_finite(x: Any, xp: Any) -> bool:
+    return bool(xp.all(xp.isfinite(x)))
+
+
+def _sequential(prob: _Problem) -> Any:
+    """The reference loop: ``L`` calls of the step on one step each."""
+    xp = prob.xp
+    x = prob.x0
+    out = []
+    for i in range(prob.L):
+        x = prob._step(x[..., None, :], prob.idx[i : i + 1],
+                       expect=(*prob.batch, 1, prob.w), dtype=prob.dtype)[..., 0, :]
+        out.append(x)
+    return xp.stack(out, axis=-2)
+
