@@ -38,7 +38,8 @@ __all__ = ["MODES", "solve"]
 
 MODES = ("newton", "quasi", "picard", "jacobi", "sequential")
 _DIVERGENCE_LIMIT = 1e12  # residual growth (relative to max(1, initial)) called divergence
-_MAX_BACKTRACKS = 8
+_MAX_BACKTRACKS = 4
+_BLOCK_NDIM = {"dense": 2, "diagonal": 1, "scalar": 0}
 
 
 def _batch_max(x: Any, xp: Any) -> Any:
@@ -120,7 +121,7 @@ def solve(
     atol: float | None = None,
     max_iter: int | None = None,
     init: Any | None = None,
-    damping: bool = False,
+    damping: bool = True,
     linear_method: str = "auto",
     fallback: bool = False,
     throw: bool = True,
@@ -165,10 +166,14 @@ def solve(
     init : array, shape (..., L, w), optional
         Initial guess of the trajectory (a warm start: e.g. the previous training step's
         states). Default: ``x0`` repeated.
-    damping : bool, default False
-        Backtrack (halve the update, up to 8 times) for batch elements whose residual
-        grew. Costs an extra step evaluation per backtrack; a damped step forgoes the
-        "first k states exact" guarantee.
+    damping : bool, default True
+        For batch elements whose residual grew, retry the iteration with the Jacobian
+        scaled down (by 1/8, 1/64, then 0, i.e. a Jacobi step); the scale recovers in
+        later iterations. Any Jacobian keeps the "first k states exact after k
+        iterations" guarantee, so damping never loses convergence in ``L`` iterations;
+        it prevents the overflow that undamped Newton suffers when the initial guess
+        lies where the steps expand. Each retry costs one linear solve and one step
+        evaluation; none happen while the residual decreases.
     linear_method : str, default "auto"
         Method of the linear solve of each iteration (see :func:`pcrsolve.solve_linear`).
     fallback : bool, default False
@@ -338,11 +343,26 @@ def _solve_impl(
         status = Status.NONFINITE
     elif residuals[0] == 0.0:
         status = Status.CONVERGED
+    # damping: per batch element, the Jacobian is scaled by gamma in [0, 1]. Any J keeps
+    # the "first k states exact after k iterations" property, so this never loses the
+    # finite-termination guarantee; gamma = 0 is the Jacobi step X' = f(X_prev).
+    gamma = xp.ones(prob.batch, dtype=work, device=device_of(x0w))
+    shape_gamma = (...,) + (None,) * (1 + _BLOCK_NDIM[structure])
+    J = None
+
+    def direction(g: Any) -> Any:
+        nonlocal method_used
+        if J is None:
+            return R
+        Jg = J if bool(xp.all(g == 1.0)) else g[shape_gamma] * J
+        system = BidiagonalSystem(Jg, R, structure=structure, check_finite=False, xp=xp)
+        if method_used == "auto":
+            method_used = choose_method(system)
+        return solve_linear(system, method=method_used)
+
     while status is Status.MAX_ITER and iterations < max_iter:
         # one Newton step: D_l = J_l D_{l-1} + R_l, D_0 = 0
-        if jac is None:
-            D = R
-        else:
+        if jac is not None:
             J = jac(Xprev, prob.idx)
             if not jac_checked:
                 _check_blocks(J, structure, prob.batch, L, prob.w)
@@ -351,26 +371,24 @@ def _solve_impl(
                         f"`jacobian` must return dtype {work}; got {J.dtype}"
                     )
                 jac_checked = True
-            system = BidiagonalSystem(J, R, structure=structure, check_finite=False, xp=xp)
-            if method_used == "auto":
-                method_used = choose_method(system)
-            D = solve_linear(system, method=method_used)
+        D = direction(gamma)
         iterations += 1
-        Xn, Fn, Rn, rn, Xprev_n = _trial(prob, X, D, 1.0, xp)
-        if damping:
-            alpha = 1.0
-            for _ in range(_MAX_BACKTRACKS):
+        Xn, Fn, Rn, rn, Xprev_n = _trial(prob, X, D, xp)
+        if damping and J is not None:
+            for attempt in range(_MAX_BACKTRACKS):
                 worse = ~(rn <= rnorm) & active
                 if not bool(xp.any(worse)):
                     break
-                alpha /= 2
-                Xt, Ft, Rt, rt, Xprev_t = _trial(prob, X, D, alpha, xp)
+                shrink = 0.0 if attempt == _MAX_BACKTRACKS - 1 else 0.125
+                gamma = xp.where(worse, gamma * shrink, gamma)
+                Xt, Ft, Rt, rt, Xprev_t = _trial(prob, X, direction(gamma), xp)
                 keep = worse[..., None, None]
                 Xn = xp.where(keep, Xt, Xn)
                 Fn = xp.where(keep, Ft, Fn)
                 Rn = xp.where(keep, Rt, Rn)
                 rn = xp.where(worse, rt, rn)
                 Xprev_n = xp.where(keep, Xprev_t, Xprev_n)
+            gamma = xp.minimum(gamma * 4.0 + 1e-3, xp.ones_like(gamma))
         # freeze converged batch elements
         upd = xp.where(active, _batch_max(Xn - X, xp), xp.zeros_like(rnorm))
         sel = active[..., None, None]
@@ -390,7 +408,7 @@ def _solve_impl(
             status = Status.CONVERGED
         elif residuals[-1] > limit:
             status = Status.DIVERGED
-        elif iterations >= L and not damping:
+        elif iterations >= L:
             # exact in exact arithmetic after L undamped iterations (any Jacobian)
             status = Status.CONVERGED
     converged_mask = ~active if status is not Status.NONFINITE else xp.zeros_like(active)
@@ -413,9 +431,9 @@ def _solve_impl(
     return sol
 
 
-def _trial(prob: _Problem, X: Any, D: Any, alpha: float, xp: Any) -> tuple[Any, ...]:
-    """States ``X + alpha D`` with their step outputs, residuals and residual norms."""
-    Xn = X + D if alpha == 1.0 else X + alpha * D
+def _trial(prob: _Problem, X: Any, D: Any, xp: Any) -> tuple[Any, ...]:
+    """States ``X + D`` with their step outputs, residuals and residual norms."""
+    Xn = X + D
     Xprev = prob.prev(Xn)
     F = prob.step(Xprev)
     R = F - Xn

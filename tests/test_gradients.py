@@ -1,0 +1,117 @@
+"""Gradients through the solution (torch): adjoint solve vs autograd through the loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pcrsolve
+
+torch = pytest.importorskip("torch")
+
+
+def _mlp(L, w, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(L, w, w, generator=g, dtype=dtype) / w**0.5
+    b = 0.5 * torch.randn(L, w, generator=g, dtype=dtype)
+    return W, b
+
+
+def _step(W, b):
+    def step(x, l):
+        return torch.tanh(torch.einsum("nij,...nj->...ni", W[l], x) + b[l])
+    return step
+
+
+def _loop(W, b, x0):
+    xs, x = [], x0
+    for l in range(W.shape[0]):
+        x = torch.tanh(x @ W[l].T + b[l])
+        xs.append(x)
+    return torch.stack(xs, -2)
+
+
+@pytest.mark.parametrize("mode", ["newton", "quasi", "jacobi"])
+def test_gradcheck_x0_and_params(mode):
+    W, b = _mlp(10, 3)
+    x0 = torch.randn(2, 3, dtype=torch.float64)
+
+    def f(x0_, W_, b_):
+        return pcrsolve.solve(_step(W_, b_), x0_, 10, params=[W_, b_], mode=mode,
+                              tol=1e-14).states
+
+    inputs = tuple(t.clone().requires_grad_() for t in (x0, W, b))
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("jac_source", ["autodiff", "jacobian", "jvp"])
+def test_adjoint_matches_autograd_through_loop(jac_source):
+    L, w = 40, 4
+    W, b = _mlp(L, w, seed=1)
+    W.requires_grad_()
+    b.requires_grad_()
+    x0 = torch.randn(3, w, dtype=torch.float64, requires_grad=True)
+    step = _step(W, b)
+    kw = {}
+    if jac_source == "jacobian":
+        kw["jacobian"] = lambda x, l: (1 - step(x, l) ** 2)[..., None] * W[l]
+    elif jac_source == "jvp":
+        kw["jvp"] = lambda x, l, v: (1 - step(x, l) ** 2) * torch.einsum("nij,...nj->...ni",
+                                                                         W[l], v)
+    weight = torch.randn(3, L, w, dtype=torch.float64)
+    sol = pcrsolve.solve(step, x0, L, params=[W, b], **kw)
+    (sol.states * weight).sum().backward()
+    got = [t.grad.clone() for t in (x0, W, b)]
+    for t in (x0, W, b):
+        t.grad = None
+    (_loop(W, b, x0) * weight).sum().backward()
+    for g, t in zip(got, (x0, W, b), strict=True):
+        torch.testing.assert_close(g, t.grad, rtol=1e-9, atol=1e-11)
+
+
+def test_module_params_and_float32():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 4)
+    x0 = torch.randn(5, 4)
+
+    def step(x, l):
+        return torch.tanh(lin(x))
+
+    sol = pcrsolve.solve(step, x0, 30, params=lin)
+    sol.states.pow(2).mean().backward()
+    got = lin.weight.grad.clone()
+    lin.weight.grad = None
+    xs, x = [], x0
+    for _ in range(30):
+        x = torch.tanh(lin(x))
+        xs.append(x)
+    torch.stack(xs, -2).pow(2).mean().backward()
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(got, lin.weight.grad, rtol=200 * eps, atol=200 * eps)
+
+
+def test_broadcast_x0_gradient_is_summed():
+    W, b = _mlp(12, 2)
+    x0 = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    init = torch.zeros(3, 12, 2, dtype=torch.float64)
+    x0b = x0.expand(3, 2)
+    sol = pcrsolve.solve(_step(W, b), x0b, 12, init=init)
+    sol.states.sum().backward()
+    ref_x0 = x0.detach().clone().requires_grad_()
+    _loop(W, b, ref_x0.expand(3, 2)).sum().backward()
+    torch.testing.assert_close(x0.grad, ref_x0.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_hidden_parameters_are_refused():
+    W, b = _mlp(6, 2)
+    W.requires_grad_()
+    with pytest.raises(pcrsolve.InputError, match=r"pass them as params="):
+        pcrsolve.solve(_step(W, b), torch.zeros(2, dtype=torch.float64), 6)
+    with torch.no_grad():  # explicitly no gradients wanted: fine
+        sol = pcrsolve.solve(_step(W, b), torch.zeros(2, dtype=torch.float64), 6)
+    assert sol.converged
+
+
+def test_params_on_numpy_is_an_error():
+    with pytest.raises(pcrsolve.InputError, match="autodiff"):
+        pcrsolve.solve(lambda x, l: np.tanh(x), np.zeros(2), 4, params=[np.ones(2)])

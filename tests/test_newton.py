@@ -1,0 +1,227 @@
+"""Newton-PCR against the float64 sequential loop, on every backend and mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import tolerance
+from linear_problems import rel_err
+from nonlinear_problems import CONTRACTING, logistic, tanh_mlp
+
+import pcrsolve
+from pcrsolve import Status
+
+ITERATIVE = ("newton", "quasi", "picard", "jacobi")
+
+
+@pytest.mark.parametrize("mode", [*ITERATIVE, "sequential"])
+@pytest.mark.parametrize("problem", sorted(CONTRACTING))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_modes_match_sequential_loop(backend, rng, mode, problem, dtype):
+    if mode == "picard" and problem != "residual":
+        pytest.skip("picard (J = I) is meant for residual steps x + g(x)")
+    prob = CONTRACTING[problem](rng)
+    x0 = rng.standard_normal((2, prob.w))
+    step = prob.step_for(lambda a: backend(a, dtype))
+    sol = pcrsolve.solve(step, backend(x0, dtype), prob.L, mode=mode)
+    assert sol.status is Status.CONVERGED and sol.converged
+    assert tuple(sol.states.shape) == (2, prob.L, prob.w)
+    # the stopping rule bounds the last update by tol; linear modes (quasi, picard,
+    # jacobi) may leave a few times that in the states
+    bound = tolerance(dtype, prob.L, factor=200) + 100 * pcrsolve.default_tolerance(
+        getattr(np, dtype), np)
+    assert rel_err(backend.back(sol.states), prob.reference(x0)) <= bound
+    if mode != "sequential":
+        assert len(sol.residuals) == sol.iterations + 1
+        assert sol.residuals[-1] <= bound
+
+
+def test_newton_converges_in_few_iterations(rng):
+    # the paper's observation: a handful of Newton iterations for random tanh MLPs
+    prob = tanh_mlp(rng, L=256, w=8)
+    sol = pcrsolve.solve(prob.step_for(lambda a: a), rng.standard_normal((4, 8)), prob.L)
+    assert sol.iterations <= 12
+
+
+@pytest.mark.parametrize("mode", ITERATIVE)
+def test_first_k_states_exact_after_k_iterations(backend, rng, mode):
+    prob = tanh_mlp(rng, L=12, w=3, gain=1.5)
+    x0 = rng.standard_normal(3)
+    step = prob.step_for(backend)
+    ref = prob.reference(x0)
+    for k in (1, 3, 7):
+        sol = pcrsolve.solve(step, backend(x0), prob.L, mode=mode, max_iter=k, throw=False,
+                             tol=0.0, atol=0.0)
+        got = backend.back(sol.states)
+        np.testing.assert_allclose(got[:k], ref[:k], rtol=1e-12, atol=1e-12)
+    sol = pcrsolve.solve(step, backend(x0), prob.L, mode=mode, max_iter=prob.L, tol=0.0,
+                         atol=0.0)
+    assert sol.status is Status.CONVERGED
+    np.testing.assert_allclose(backend.back(sol.states), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_chaotic_recurrence_is_reported_not_converged(backend):
+    prob = logistic(3.9, L=300)
+    step = prob.step_for(backend)
+    x0 = np.array([0.2])
+    sol = pcrsolve.solve(step, backend(x0), prob.L, max_iter=10, throw=False)
+    assert sol.status in (Status.MAX_ITER, Status.DIVERGED, Status.NONFINITE)
+    assert not sol.converged and sol.iterations <= 10
+    with pytest.raises(pcrsolve.ConvergenceError) as info:
+        pcrsolve.solve(step, backend(x0), prob.L, max_iter=10)
+    assert info.value.solution.status is sol.status
+    assert "did not converge" in str(info.value) or "NaN" in str(info.value) \
+        or "residual grew" in str(info.value)
+    fb = pcrsolve.solve(step, backend(x0), prob.L, max_iter=10, fallback=True)
+    assert fb.status is Status.FALLBACK and fb.converged and fb.fallback_reason is sol.status
+    # the fallback is the sequential loop, which is itself chaotic: compare the first steps
+    np.testing.assert_allclose(backend.back(fb.states)[:20], prob.reference(x0)[:20],
+                               rtol=1e-9)
+
+
+def test_contracting_logistic_map(backend):
+    prob = logistic(2.5, L=200)
+    sol = pcrsolve.solve(prob.step_for(backend), backend(np.array([0.1])), prob.L)
+    assert sol.converged and sol.iterations < 20
+    np.testing.assert_allclose(backend.back(sol.states), prob.reference(np.array([0.1])),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("structure", ["dense", "diagonal"])
+def test_jacobian_given_jvp_given_and_automatic_agree(backend, rng, structure):
+    prob = tanh_mlp(rng, L=40, w=3)
+    W, b = backend(prob.params["W"]), backend(prob.params["b"])
+    step = prob.step_for(backend)
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(W)
+
+    def jacobian(x, l):
+        d = 1.0 - step(x, l) ** 2
+        Wl = xp.take(W, l, axis=0)
+        return d[..., None] * Wl if structure == "dense" else d * xp.linalg.diagonal(Wl)
+
+    def jvp(x, l, v):
+        d = 1.0 - step(x, l) ** 2
+        return d * xp.matmul(xp.take(W, l, axis=0), v[..., None])[..., 0]
+
+    del b
+    x0 = backend(rng.standard_normal((2, 3)))
+    mode = "newton" if structure == "dense" else "quasi"
+    a = pcrsolve.solve(step, x0, prob.L, mode=mode, jacobian=jacobian,
+                       jacobian_structure=structure)
+    c = pcrsolve.solve(step, x0, prob.L, mode=mode, jvp=jvp)
+    d = pcrsolve.solve(step, x0, prob.L, mode=mode)  # autodiff or finite differences
+    ref = prob.reference(backend.back(x0))
+    bound = 100 * pcrsolve.default_tolerance(np.float64, np)
+    for s in (a, c, d):
+        assert rel_err(backend.back(s.states), ref) <= bound
+    assert a.iterations == c.iterations
+    assert abs(d.iterations - a.iterations) <= 2
+
+
+def test_warm_start_reduces_iterations(rng):
+    prob = tanh_mlp(rng, L=128, w=6)
+    x0 = rng.standard_normal((3, 6))
+    first = pcrsolve.solve(prob.step_for(lambda a: a), x0, prob.L)
+    prob.params["W"] = prob.params["W"] + 1e-4 * rng.standard_normal(prob.params["W"].shape)
+    step = prob.step_for(lambda a: a)
+    cold = pcrsolve.solve(step, x0, prob.L)
+    warm = pcrsolve.solve(step, x0, prob.L, init=first.states)
+    assert warm.iterations < cold.iterations
+    np.testing.assert_allclose(warm.states, prob.reference(x0), rtol=1e-10, atol=1e-12)
+
+
+def test_damping_rescues_newton_from_an_expanding_initial_guess(backend):
+    # logistic map at r = 2.5 from x0 = 0.1: the initial guess (x0 repeated) sits where
+    # the map expands (|J| = 2), so undamped Newton overflows; damping converges
+    prob = logistic(2.5, L=400)
+    step = prob.step_for(backend)
+    x0 = np.array([0.1])
+    bad = pcrsolve.solve(step, backend(x0), prob.L, damping=False, throw=False)
+    assert bad.status in (Status.DIVERGED, Status.NONFINITE)
+    sol = pcrsolve.solve(step, backend(x0), prob.L)
+    assert sol.converged and sol.iterations < 40
+    np.testing.assert_allclose(backend.back(sol.states), prob.reference(x0), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_batch_elements_stop_independently(rng):
+    # one easy and one hard chain in the same batch: both converge, states match
+    prob = tanh_mlp(rng, L=64, w=3)
+    x0 = np.stack([np.zeros(3), 3 * rng.standard_normal(3)])
+    sol = pcrsolve.solve(prob.step_for(lambda a: a), x0, prob.L)
+    assert bool(np.all(sol.converged_mask))
+    np.testing.assert_allclose(sol.states, prob.reference(x0), rtol=1e-10, atol=1e-12)
+
+
+def test_vectorize_step_helper(rng):
+    prob = residual_like = tanh_mlp(rng, L=20, w=2)
+    one = lambda x, l: np.tanh(prob.params["W"][l] @ x + prob.params["b"][l])  # noqa: E731
+    step = pcrsolve.vectorize_step(one)
+    sol = pcrsolve.solve(step, np.ones(2), prob.L)
+    np.testing.assert_allclose(sol.states, residual_like.reference(np.ones(2)), rtol=1e-10)
+
+
+# -- bad input ------------------------------------------------------------------------------
+def _mlp(rng):
+    prob = tanh_mlp(rng, L=8, w=3)
+    return prob, prob.step_for(lambda a: a)
+
+
+def test_step_returning_wrong_shape(rng):
+    with pytest.raises(pcrsolve.StepFunctionError, match=r"`step` must return shape \(8, 3\)"):
+        pcrsolve.solve(lambda x, l: x[..., :2], np.ones(3), 8)
+
+
+def test_step_returning_wrong_dtype(rng):
+    with pytest.raises(pcrsolve.StepFunctionError, match=r"`step` must return dtype float32"):
+        pcrsolve.solve(lambda x, l: x.astype(np.float64), np.ones(3, np.float32), 8)
+
+
+def test_step_returning_non_array():
+    with pytest.raises(pcrsolve.StepFunctionError, match=r"`step` must return an array"):
+        pcrsolve.solve(lambda x, l: 1.0, np.ones(3), 8)
+
+
+def test_jacobian_wrong_shape(rng):
+    _, step = _mlp(rng)
+    with pytest.raises(pcrsolve.StepFunctionError, match=r"`jacobian` must return shape"):
+        pcrsolve.solve(step, np.ones(3), 8, jacobian=lambda x, l: np.ones((8, 3)))
+
+
+def test_nan_produced_mid_solve_is_reported(rng):
+    def step(x, l):
+        y = 0.5 * np.tanh(x) + 1.0
+        return np.where(np.abs(x) > 1.2, np.nan, y)  # NaN once the guess moves
+
+    sol = pcrsolve.solve(step, np.zeros(2), 10, throw=False)
+    assert sol.status is Status.NONFINITE and not sol.converged
+    with pytest.raises(pcrsolve.ConvergenceError, match="NaN or Inf"):
+        pcrsolve.solve(step, np.zeros(2), 10)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"length": 0}, r"`length` must be an int >= 1.*0"),
+    ({"length": 2.5}, r"`length`"),
+    ({"mode": "fast"}, r"`mode` must be one of"),
+    ({"tol": -1.0}, r"`tol`"),
+    ({"max_iter": -3}, r"`max_iter`"),
+    ({"linear_method": "magic"}, r"`linear_method`"),
+    ({"init": np.zeros((7, 3))}, r"`init` must have shape \(8, 3\)"),
+    ({"jacobian_structure": "banded"}, r"`jacobian_structure`"),
+])
+def test_invalid_arguments(rng, kwargs, match):
+    _, step = _mlp(rng)
+    args = {"length": 8, **kwargs}
+    length = args.pop("length")
+    with pytest.raises(pcrsolve.InputError, match=match):
+        pcrsolve.solve(step, np.ones(3), length, **args)
+
+
+def test_non_finite_x0_and_integer_x0(rng):
+    _, step = _mlp(rng)
+    with pytest.raises(pcrsolve.NonFiniteError, match="`x0`"):
+        pcrsolve.solve(step, np.array([1.0, np.nan, 0.0]), 8)
+    with pytest.raises(pcrsolve.InputError, match="`x0` must have a real floating dtype"):
+        pcrsolve.solve(step, np.ones(3, dtype=np.int64), 8)
