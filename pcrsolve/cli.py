@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--reverse", action="store_true", help="reverse direction")
     bench.add_argument("--repeat", type=int, default=5, help="timed runs per method")
     bench.add_argument("--methods", nargs="*", default=None, help="subset of methods")
+    bench.add_argument("--mode", nargs="*", default=None,
+                       choices=["newton", "quasi", "picard", "jacobi", "sequential"],
+                       help="Newton modes to time (bench newton; default newton quasi)")
+    bench.add_argument("--tol", type=float, default=None,
+                       help="Newton tolerance (default: from the dtype)")
     bench.add_argument("--json", default=None, metavar="FILE", help="write results as JSON")
     return parser
 

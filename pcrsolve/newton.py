@@ -39,6 +39,7 @@ __all__ = ["MODES", "solve"]
 MODES = ("newton", "quasi", "picard", "jacobi", "sequential")
 _DIVERGENCE_LIMIT = 1e12  # residual growth (relative to max(1, initial)) called divergence
 _MAX_BACKTRACKS = 4
+_GROWTH = 10.0  # a residual growing more than this in one iteration triggers damping
 _BLOCK_NDIM = {"dense": 2, "diagonal": 1, "scalar": 0}
 
 
@@ -167,13 +168,15 @@ def solve(
         Initial guess of the trajectory (a warm start: e.g. the previous training step's
         states). Default: ``x0`` repeated.
     damping : bool, default True
-        For batch elements whose residual grew, retry the iteration with the Jacobian
+        For batch elements whose residual grew more than tenfold in one iteration (the
+        max-norm residual of a healthy Newton iteration may grow a little early on), retry
+        the iteration with the Jacobian
         scaled down (by 1/8, 1/64, then 0, i.e. a Jacobi step); the scale recovers in
         later iterations. Any Jacobian keeps the "first k states exact after k
         iterations" guarantee, so damping never loses convergence in ``L`` iterations;
         it prevents the overflow that undamped Newton suffers when the initial guess
         lies where the steps expand. Each retry costs one linear solve and one step
-        evaluation; none happen while the residual decreases.
+        evaluation; none happen while the residual behaves.
     linear_method : str, default "auto"
         Method of the linear solve of each iteration (see :func:`pcrsolve.solve_linear`).
     fallback : bool, default False
@@ -376,7 +379,7 @@ def _solve_impl(
         Xn, Fn, Rn, rn, Xprev_n = _trial(prob, X, D, xp)
         if damping and J is not None:
             for attempt in range(_MAX_BACKTRACKS):
-                worse = ~(rn <= rnorm) & active
+                worse = ~(rn <= _GROWTH * rnorm) & active
                 if not bool(xp.any(worse)):
                     break
                 shrink = 0.0 if attempt == _MAX_BACKTRACKS - 1 else 0.125
