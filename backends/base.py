@@ -8,6 +8,7 @@ synchronisation for timing, memory accounting, automatic differentiation and ker
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,10 @@ class Backend:
     def memory_tracker(self, device: Any) -> MemoryTracker:
         """A tracker of peak memory on ``device`` (may measure nothing)."""
         return MemoryTracker()
+
+    def quiet_float_errors(self) -> contextlib.AbstractContextManager[Any]:
+        """Silence overflow/invalid warnings inside a solve that checks finiteness itself."""
+        return contextlib.nullcontext()
 
     # -- solver selection -----------------------------------------------------------------
     def cost_model(self, device: Any) -> CostModel:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
 from typing import Any
+
+import numpy as np
 
 from .base import Backend, CostModel, MemoryTracker
 
@@ -37,6 +40,9 @@ class NumpyBackend(Backend):
 
     def memory_tracker(self, device: Any) -> MemoryTracker:
         return _TracemallocTracker()
+
+    def quiet_float_errors(self) -> contextlib.AbstractContextManager[Any]:
+        return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
     def cost_model(self, device: Any) -> CostModel:
         # Fitted to `python -m pcrsolve bench linear` on a 2-core AMD EPYC (NumPy 2.4).

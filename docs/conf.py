@@ -41,22 +41,3 @@ language = "en"
 html_theme = "alabaster"
 html_static_path: list[str] = []
 html_title = f"pcrsolve {release}"
-
-
-# -- docstring fix-ups --------------------------------------------------------------------
-# Some docstrings write shapes as ``array, shape (*batch_shape, L, w)`` in a Returns
-# section. numpydoc emits the type as plain reST, where ``(*batch_shape`` opens an
-# emphasis that never closes ("Inline emphasis start-string without end-string").
-# Escape a star that directly follows "(" on those shape lines so the build stays
-# warning-free; this does nothing once the docstrings write ``(...)`` or ``\*``.
-
-
-def _escape_shape_stars(app, what, name, obj, options, lines):
-    for i, line in enumerate(lines):
-        if "shape (*" in line and not line.lstrip().startswith((">>>", "...")):
-            lines[i] = line.replace("shape (*", "shape (\\*")
-
-
-def setup(app):
-    # priority > 500: run after numpydoc has rewritten the docstring
-    app.connect("autodoc-process-docstring", _escape_shape_stars, priority=600)

@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    demo = sub.add_parser("demo", help="a short tour: linear, nonlinear, MLP forward/backward")
+    _add_problem_options(demo)
+    demo.add_argument("--small", action="store_true", help="tiny sizes (a few seconds)")
+
     bench = sub.add_parser("bench", help="time every method against the sequential loop")
     bench.add_argument("suite", choices=sorted(SUITES), help="which benchmark")
     _add_problem_options(bench)
@@ -51,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m pcrsolve``."""
     parser = build_parser()
     opts = parser.parse_args(argv)
+    if opts.command == "demo":
+        from .bench.demo import run_demo
+
+        return run_demo(opts)
     if opts.command == "bench":
         from .bench.harness import SUITES, write_json
 

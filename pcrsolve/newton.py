@@ -285,7 +285,18 @@ def default_tolerance(dtype: Any, xp: Any) -> float:
     return max(50.0 * eps, 1e-2 * eps**0.5)
 
 
-def _solve_impl(
+def _solve_impl(step: Callable, x0: Any, length: int, **options: Any) -> Solution:
+    """The solve itself, for any backend, without gradient bookkeeping.
+
+    Floating-point warnings (overflow in a rejected trial step) are silenced: the loop
+    checks finiteness itself and reports it in the status.
+    """
+    xp = infer_namespace({"x0": x0, "init": options.get("init")})
+    with get_backend(xp).quiet_float_errors():
+        return _iterate(step, x0, length, **options)
+
+
+def _iterate(
     step: Callable,
     x0: Any,
     length: int,
@@ -304,7 +315,7 @@ def _solve_impl(
     throw: bool,
     check_inputs: bool,
 ) -> Solution:
-    """The solve itself, for any backend, without gradient bookkeeping."""
+    """Newton's loop (see the module docstring)."""
     xp = infer_namespace({"x0": x0, "init": init})
     work, out_dtype = working_dtype({"x0": x0, "init": init}, xp)
     if check_inputs:

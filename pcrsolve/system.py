@@ -170,8 +170,8 @@ class BidiagonalSystem:
         Returns
         -------
         A : array, shape (..., L, w, w) / (..., L, w) / (..., L)
-        b : array, shape (*batch_shape, L, w)
-        x0 : array, shape (*batch_shape, w)
+        b : array, shape (..., L, w)
+        x0 : array, shape (..., w)
         """
         xp, dt = self.xp, self.work_dtype
         A = xp.astype(self.A, dt, copy=False)
@@ -260,8 +260,8 @@ class BidiagonalSystem:
 
         Returns
         -------
-        M : array, shape (*batch_shape, L*w, L*w)
-        r : array, shape (*batch_shape, L*w)
+        M : array, shape (..., L*w, L*w)
+        r : array, shape (..., L*w)
             ``M @ r``-compatible: the solution ``X`` (flattened ``(..., L*w)``) satisfies
             ``M X = r``, where ``x0`` has been moved into ``r``.
 

@@ -57,7 +57,7 @@ def solve_linear(
 
     Returns
     -------
-    array, shape (*batch_shape, L, w)
+    array, shape (..., L, w)
         ``x_1 .. x_L`` (``x0`` is not repeated), in the system's dtype and namespace.
 
     Raises

@@ -1,0 +1,47 @@
+"""The command line: bench suites and the demo run, agree, and write JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pcrsolve.cli import main
+
+
+@pytest.mark.parametrize("structure", ["dense", "diagonal", "scalar"])
+def test_bench_linear_table_and_json(tmp_path, capsys, structure):
+    out = tmp_path / "r.json"
+    assert main(["bench", "linear", "--structure", structure, "-L", "300", "-w", "3", "-B", "2",
+                 "--repeat", "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for method in ("sequential", "pcr", "cr", "chunked", "auto"):
+        assert method in text
+    data = json.loads(out.read_text())[0]
+    assert data["problem"]["L"] == 300
+    assert {r["name"] for r in data["rows"]} == {"sequential", "pcr", "cr", "chunked", "auto"}
+    assert all(r["rel_error"] < 1e-12 for r in data["rows"])
+
+
+def test_bench_newton_and_adjoint(capsys):
+    pytest.importorskip("torch")
+    assert main(["bench", "newton", "--backend", "torch", "-L", "64", "-w", "3", "-B", "2",
+                 "--repeat", "1", "--mode", "newton", "quasi"]) == 0
+    text = capsys.readouterr().out
+    assert "pcrsolve newton" in text and "CONVERGED" in text
+    assert main(["bench", "adjoint", "--backend", "torch", "-L", "64", "-w", "3",
+                 "--repeat", "1"]) == 0
+    assert "pcrsolve adjoint" in capsys.readouterr().out
+
+
+def test_demo_small(capsys):
+    assert main(["demo", "--small"]) == 0
+    text = capsys.readouterr().out
+    assert "linear, scalar" in text and "logistic map" in text
+
+
+def test_bad_options_exit_with_usage():
+    with pytest.raises(SystemExit):
+        main(["bench", "linear", "--width", "0"])
+    with pytest.raises(SystemExit):
+        main(["bench", "nonsense"])
