@@ -343,8 +343,7 @@ def _iterate(
     else:
         X = xp.astype(init, work, copy=False)
     Xprev = prob.prev(X)
-    F = prob.step(Xprev)
-    R = F - X
+    R = prob.step(Xprev) - X
     rnorm = _batch_max(R, xp)
     residuals = [float(xp.max(rnorm))]
     updates: list[float] = []
@@ -353,7 +352,7 @@ def _iterate(
     status = Status.MAX_ITER
     method_used = linear_method
     iterations = 0
-    if not _all_finite(F, xp):
+    if not _all_finite(R, xp):
         status = Status.NONFINITE
     elif residuals[0] == 0.0:
         status = Status.CONVERGED
@@ -387,7 +386,7 @@ def _iterate(
                 jac_checked = True
         D = direction(gamma)
         iterations += 1
-        Xn, Fn, Rn, rn, Xprev_n = _trial(prob, X, D, xp)
+        trial, rn = _trial(prob, X, D, xp)
         if damping and J is not None:
             for attempt in range(_MAX_BACKTRACKS):
                 worse = ~(rn <= _GROWTH * rnorm) & active
@@ -395,25 +394,17 @@ def _iterate(
                     break
                 shrink = 0.0 if attempt == _MAX_BACKTRACKS - 1 else 0.125
                 gamma = xp.where(worse, gamma * shrink, gamma)
-                Xt, Ft, Rt, rt, Xprev_t = _trial(prob, X, direction(gamma), xp)
-                keep = worse[..., None, None]
-                Xn = xp.where(keep, Xt, Xn)
-                Fn = xp.where(keep, Ft, Fn)
-                Rn = xp.where(keep, Rt, Rn)
+                retry, rt = _trial(prob, X, direction(gamma), xp)
+                trial = _select(worse, retry, trial, xp)
                 rn = xp.where(worse, rt, rn)
-                Xprev_n = xp.where(keep, Xprev_t, Xprev_n)
             gamma = xp.minimum(gamma * 4.0 + 1e-3, xp.ones_like(gamma))
         # freeze converged batch elements
-        upd = xp.where(active, _batch_max(Xn - X, xp), xp.zeros_like(rnorm))
-        sel = active[..., None, None]
-        X = xp.where(sel, Xn, X)
-        F = xp.where(sel, Fn, F)
-        R = xp.where(sel, Rn, R)
-        Xprev = xp.where(sel, Xprev_n, Xprev)
+        upd = xp.where(active, _batch_max(trial[0] - X, xp), xp.zeros_like(rnorm))
+        X, R, Xprev = _select(active, trial, (X, R, Xprev), xp)
         rnorm = xp.where(active, rn, rnorm)
         updates.append(float(xp.max(upd)))
         residuals.append(float(xp.max(rnorm)))
-        if not _all_finite(X, xp) or not _all_finite(F, xp):
+        if not _all_finite(X, xp) or not _all_finite(R, xp):
             status = Status.NONFINITE
             break
         done = upd <= atol + rtol * _batch_max(X, xp)
@@ -445,13 +436,18 @@ def _iterate(
     return sol
 
 
-def _trial(prob: _Problem, X: Any, D: Any, xp: Any) -> tuple[Any, ...]:
-    """States ``X + D`` with their step outputs, residuals and residual norms."""
+def _trial(prob: _Problem, X: Any, D: Any, xp: Any) -> tuple[tuple[Any, Any, Any], Any]:
+    """``(X + D, its residual, its step inputs)`` and the residual's norm per element."""
     Xn = X + D
     Xprev = prob.prev(Xn)
-    F = prob.step(Xprev)
-    R = F - Xn
-    return Xn, F, R, _batch_max(R, xp), Xprev
+    R = prob.step(Xprev) - Xn
+    return (Xn, R, Xprev), _batch_max(R, xp)
+
+
+def _select(mask: Any, new: tuple[Any, ...], old: tuple[Any, ...], xp: Any) -> tuple[Any, ...]:
+    """Per batch element, ``new`` where ``mask`` else ``old`` (for (..., L, w) arrays)."""
+    m = mask[..., None, None]
+    return tuple(xp.where(m, n, o) for n, o in zip(new, old, strict=True))
 
 
 def _all_finite(x: Any, xp: Any) -> bool:

@@ -19,20 +19,13 @@ import numpy as np
 from ..linear import choose_method, solve_linear
 from ..newton import solve
 from ..system import BidiagonalSystem
-from .harness import Workspace, machine_description, relative_error
+from .harness import Workspace, machine_description, measure, relative_error
 
 __all__ = ["run_demo"]
 
 
 def _time(ws: Workspace, fn: Any, repeat: int) -> tuple[Any, float]:
-    out = fn()
-    times = []
-    for _ in range(repeat):
-        ws.sync()
-        t0 = ws.engine.timer()
-        out = fn()
-        ws.sync()
-        times.append(ws.engine.timer() - t0)
+    out, times, _ = measure(ws, fn, repeat, memory=False)
     return out, statistics.median(times)
 
 
