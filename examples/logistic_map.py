@@ -97,8 +97,9 @@ def contracting(r: float, x0: float, length: int, repeat: int) -> bool:
     step, jacobian = logistic(r)
     start = np.array([x0])
     variants: dict[str, dict[str, Any]] = {
-        "newton, analytic diagonal J": dict(jacobian=jacobian, jacobian_structure="diagonal"),
-        "newton, finite differences": {},
+        "newton, analytic diagonal J": dict(jacobian=jacobian, jacobian_structure="diagonal",
+                                            throw=False),
+        "newton, finite differences": dict(throw=False),
         "newton, undamped": dict(jacobian=jacobian, jacobian_structure="diagonal",
                                  damping=False, throw=False),
     }
