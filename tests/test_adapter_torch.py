@@ -1,0 +1,165 @@
+"""Layer stacks and ParallelSequential against nn.Sequential: outputs, gradients, training."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import pcrsolve  # noqa: E402
+from pcrsolve.adapters.torch import LayerStack, ParallelSequential, Residual  # noqa: E402
+
+ACTIVATIONS = [nn.Tanh, nn.Sigmoid, nn.ReLU, nn.Identity, nn.LeakyReLU, nn.ELU, nn.SiLU,
+               nn.GELU]
+
+
+def _layers(act, L, w, residual=False, dtype=torch.float64, seed=0, gain=1.0):
+    torch.manual_seed(seed)
+    out = []
+    for _ in range(L):
+        lin = nn.Linear(w, w).to(dtype)
+        with torch.no_grad():
+            lin.weight.mul_(gain)
+        body = nn.Sequential(lin, act())
+        out.append(Residual(body) if residual else body)
+    return out
+
+
+def _grads(module):
+    return [p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.__name__)
+def test_fast_path_matches_sequential_forward_and_backward(act, residual):
+    layers = _layers(act, 24, 5, residual, gain=0.3 if residual else 1.0)
+    seq = nn.Sequential(*layers)
+    par = ParallelSequential(layers, tol=1e-13)
+    assert par.stack.analytic
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 5, dtype=torch.float64)
+    (par(x) * weight).sum().backward()
+    got, gx = _grads(par), x.grad.clone()
+    for p in par.parameters():
+        p.grad = None
+    x.grad = None
+    (seq(x) * weight).sum().backward()
+    torch.testing.assert_close(par(x), seq(x), rtol=1e-10, atol=1e-12)
+    for a, b in zip(got, _grads(seq), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(gx, x.grad, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.__name__)
+def test_analytic_jacobian_matches_autodiff(act):
+    layers = _layers(act, 6, 4)
+    stack = LayerStack(layers)
+    fns = stack.functions(stack.parameters())
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+    l = torch.arange(6)
+    J = fns["jacobian"](x, l)
+    for i in range(4):
+        e = torch.zeros(4, dtype=torch.float64)
+        e[i] = 1.0
+        col = torch.func.jvp(lambda z: fns["step"](z, l), (x,), (e.expand_as(x),))[1]
+        torch.testing.assert_close(J[..., :, i], col, rtol=1e-10, atol=1e-12)
+
+
+class _Block(nn.Module):
+    """A layer the fast path does not know: two linears and a LayerNorm."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.a, self.b, self.norm = nn.Linear(w, w), nn.Linear(w, w), nn.LayerNorm(w)
+
+    def forward(self, x):
+        return x + 0.3 * torch.tanh(self.b(torch.relu(self.a(self.norm(x)))))
+
+
+def test_general_layers_use_autodiff_and_match():
+    torch.manual_seed(1)
+    layers = [_Block(4).double() for _ in range(12)]
+    seq, par = nn.Sequential(*layers), ParallelSequential(layers, tol=1e-13)
+    assert not par.stack.analytic
+    x = torch.randn(5, 4, dtype=torch.float64)
+    par(x).pow(2).sum().backward()
+    got = _grads(par)
+    for p in par.parameters():
+        p.grad = None
+    seq(x).pow(2).sum().backward()
+    torch.testing.assert_close(par(x), seq(x), rtol=1e-10, atol=1e-12)
+    for a, b in zip(got, _grads(seq), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["newton", "quasi"])
+def test_three_training_steps_match_sequential_training(mode):
+    layers = _layers(nn.Tanh, 32, 6, residual=True, gain=0.5)
+    seq = nn.Sequential(*copy.deepcopy(layers))
+    par = ParallelSequential(copy.deepcopy(layers), mode=mode, tol=1e-13)
+    head_s, head_p = nn.Linear(6, 2).double(), None
+    head_p = copy.deepcopy(head_s)
+    opt_s = torch.optim.SGD([*seq.parameters(), *head_s.parameters()], lr=0.1)
+    opt_p = torch.optim.SGD([*par.parameters(), *head_p.parameters()], lr=0.1)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = torch.randn(16, 6, dtype=torch.float64, generator=g)
+        y = torch.randint(0, 2, (16,), generator=g)
+        for net, head, opt in ((seq, head_s, opt_s), (par, head_p, opt_p)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(head(net(x)), y).backward()
+            opt.step()
+    for a, b in zip(par.parameters(), seq.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert par.last_solution.converged
+
+
+def test_warm_start_and_return_all():
+    layers = _layers(nn.Tanh, 64, 4, seed=3)
+    par = ParallelSequential(layers, return_all=True)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        states = par(x)
+        cold = par.last_solution.iterations
+        for layer in layers:
+            layer[0].weight.add_(1e-5 * torch.randn_like(layer[0].weight))
+        par(x)
+        warm = par.last_solution.iterations
+    assert states.shape == (2, 64, 4)
+    assert warm < cold
+    torch.testing.assert_close(par(x).detach(), torch.stack(_loop(layers, x), -2).detach(),
+                               rtol=1e-9, atol=1e-11)
+
+
+def _loop(layers, x):
+    out = []
+    for layer in layers:
+        x = layer(x)
+        out.append(x)
+    return out
+
+
+def test_float32_matches_within_dtype_tolerance():
+    layers = _layers(nn.Tanh, 128, 8, dtype=torch.float32)
+    seq, par = nn.Sequential(*layers), ParallelSequential(layers)
+    x = torch.randn(4, 8)
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(par(x), seq(x), rtol=100 * eps, atol=100 * eps)
+
+
+def test_bad_layers():
+    with pytest.raises(pcrsolve.InputError, match="at least one layer"):
+        LayerStack([])
+    with pytest.raises(pcrsolve.InputError, match=r"one class.*`layers\[1\]` is Linear"):
+        LayerStack([nn.Sequential(nn.Linear(2, 2), nn.Tanh()), nn.Linear(2, 2)])
+    with pytest.raises(pcrsolve.InputError, match=r"width 3 to itself"):
+        LayerStack([nn.Linear(3, 3), nn.Linear(3, 4)])
+    with pytest.raises(pcrsolve.InputError, match="buffers"):
+        LayerStack([nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)) for _ in range(2)])
+    with pytest.raises(pcrsolve.InputError, match="`jacobian`"):
+        LayerStack([nn.Linear(2, 2)], jacobian="magic")
+    with pytest.raises(pcrsolve.InputError, match="analytic"):
+        LayerStack([_Block(2), _Block(2)], jacobian="analytic")
