@@ -119,7 +119,7 @@ def test_three_training_steps_match_sequential_training(mode):
 
 def test_warm_start_and_return_all():
     layers = _layers(nn.Tanh, 64, 4, seed=3)
-    par = ParallelSequential(layers, return_all=True)
+    par = ParallelSequential(layers, return_all=True, warm_start=True)
     x = torch.randn(2, 4, dtype=torch.float64)
     with torch.no_grad():
         states = par(x)

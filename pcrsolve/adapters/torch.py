@@ -266,9 +266,11 @@ class ParallelSequential(nn.Module):
         Newton mode (see :func:`pcrsolve.solve`).
     jacobian : {"auto", "analytic", "autodiff"}, default "auto"
         See :class:`LayerStack`.
-    warm_start : bool, default True
-        Start each forward from the previous call's states when the batch shape matches
-        (in training, consecutive steps change the weights little: fewer iterations).
+    warm_start : bool, default False
+        Start each forward from the previous call's states when the batch shape matches.
+        It pays when consecutive calls see the *same* inputs (full-batch training,
+        repeated evaluation while the weights change little); with fresh mini-batches
+        the previous states are no better than the default guess.
     return_all : bool, default False
         Return all states ``(..., L, w)`` instead of the last one ``(..., w)``.
     **solve_kwargs
@@ -294,7 +296,7 @@ class ParallelSequential(nn.Module):
     """
 
     def __init__(self, layers: Sequence[nn.Module] | nn.Sequential, *, mode: str = "newton",
-                 jacobian: str = "auto", warm_start: bool = True, return_all: bool = False,
+                 jacobian: str = "auto", warm_start: bool = False, return_all: bool = False,
                  **solve_kwargs: Any) -> None:
         super().__init__()
         self.layers = nn.ModuleList(list(layers))

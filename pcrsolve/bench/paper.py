@@ -1,0 +1,269 @@
+"""The paper's experiments as functions: ``python -m pcrsolve bench paper`` and examples/.
+
+(a) :func:`mlp_speedup_grid` — tanh MLP forward and backward speed-ups over a grid of
+    depths ``L`` and widths ``w`` (the paper's heatmaps);
+(b) :func:`resnet_digits` — a deep residual network trained on scikit-learn's bundled
+    digits with parallel forward and backward, against the same network trained
+    sequentially from the same initialisation.
+
+Experiments (c) (DDPM on the digits) and (d) (a GRU over long sequences) live in
+``examples/digits_ddpm.py`` and ``examples/gru_long_sequence.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["mlp_speedup_grid", "plot_grid", "resnet_digits"]
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Any, repeat: int, device: Any) -> tuple[Any, float]:
+    out = fn()
+    times = []
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return out, statistics.median(times)
+
+
+def _time_gradient(loss: Any, params: list[Any], repeat: int, device: Any) -> tuple[Any, float]:
+    """Median time of ``d loss / d params`` (the graph is kept for the repeats)."""
+    import torch
+
+    return _median_time(lambda: torch.autograd.grad(loss, params, retain_graph=True), repeat,
+                        device)
+
+
+def mlp_speedup_grid(
+    lengths: list[int], widths: list[int], *, batch: int = 8, device: str = "cpu",
+    dtype: str = "float32", repeat: int = 3, tol: float | None = 1e-5, progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Experiment (a): forward/backward speed-ups of Newton-PCR over the eager loop.
+
+    For each ``(L, w)`` a random tanh MLP ``x_l = tanh(W_l x_{l-1} + b_l)`` with
+    ``W_l ~ N(0, 1/w)`` runs on a batch of inputs; the forward is timed as the eager loop
+    vs :func:`pcrsolve.solve` (analytic Jacobian), the backward as autograd through the
+    loop vs the adjoint solve.
+
+    Parameters
+    ----------
+    lengths, widths : list of int
+        The grid.
+    batch : int, default 8
+    device : str, default "cpu"
+    dtype : {"float32", "float64"}
+    repeat : int, default 3
+        Timed runs per measurement (median).
+    tol : float, optional
+        Newton tolerance.
+    progress : bool, default False
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    list of dict
+        One record per cell: ``L``, ``w``, times in seconds, speed-ups, iterations and the
+        maximal relative differences of states and gradients.
+    """
+    import torch
+
+    from ..newton import solve
+
+    dt = getattr(torch, dtype)
+    cells = [(L, w) for L in lengths for w in widths]
+    if progress:
+        from tqdm import tqdm
+
+        cells = tqdm(cells, desc="MLP grid")
+    records = []
+    for L, w in cells:
+        g = torch.Generator().manual_seed(L * 1000 + w)
+        W = (torch.randn(L, w, w, generator=g, dtype=dt) / math.sqrt(w)).to(device)
+        b = (0.5 * torch.randn(L, w, generator=g, dtype=dt)).to(device)
+        x0 = torch.randn(batch, w, generator=g, dtype=dt).to(device)
+        W.requires_grad_(True)
+        b.requires_grad_(True)
+
+        def step(x: Any, l: Any, W: Any = W, b: Any = b) -> Any:
+            return torch.tanh((W[l] @ x.unsqueeze(-1)).squeeze(-1) + b[l])
+
+        def jac(x: Any, l: Any, W: Any = W, step: Any = step) -> Any:
+            return (1.0 - step(x, l) ** 2).unsqueeze(-1) * W[l]
+
+        def loop(W: Any = W, b: Any = b, x0: Any = x0, L: int = L) -> Any:
+            out, x = [], x0
+            for l in range(L):
+                x = torch.tanh(x @ W[l].T + b[l])
+                out.append(x)
+            return torch.stack(out, -2)
+
+        with torch.no_grad():
+            ref, t_loop = _median_time(loop, repeat, device)
+            sol, t_par = _median_time(lambda step=step, jac=jac, x0=x0, L=L: solve(
+                step, x0, L, jacobian=jac, tol=tol, throw=False), repeat, device)
+        weight = torch.randn(ref.shape, generator=g, dtype=dt).to(device)
+        loss_loop = (loop() * weight).sum()
+        loss_par = (solve(step, x0, L, jacobian=jac, tol=tol, params=[W, b]).states
+                    * weight).sum()
+        grads_loop, tb_loop = _time_gradient(loss_loop, [W, b], repeat, device)
+        grads_par, tb_par = _time_gradient(loss_par, [W, b], repeat, device)
+        scale = max(float(ref.abs().max()), 1e-30)
+        gdiff = max(float((a - c).abs().max() / max(float(c.abs().max()), 1e-30))
+                    for a, c in zip(grads_par, grads_loop, strict=True))
+        records.append({
+            "L": L, "w": w, "batch": batch, "device": device, "dtype": dtype,
+            "forward_loop_s": t_loop, "forward_pcr_s": t_par,
+            "forward_speedup": t_loop / t_par,
+            "backward_loop_s": tb_loop, "backward_pcr_s": tb_par,
+            "backward_speedup": tb_loop / tb_par,
+            "iterations": sol.iterations, "status": sol.status.name,
+            "state_rel_err": float((sol.states - ref).abs().max()) / scale,
+            "grad_rel_err": gdiff,
+        })
+    return records
+
+
+def plot_grid(records: list[dict[str, Any]], path: str) -> None:
+    """Draw forward and backward speed-ups as two heatmaps (log2 L by log2 w) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    Ls = sorted({r["L"] for r in records})
+    ws = sorted({r["w"] for r in records})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in zip(axes, ("forward_speedup", "backward_speedup"),
+                              ("forward: Newton-PCR vs loop", "backward: adjoint vs autograd"),
+                              strict=True):
+        grid = np.full((len(ws), len(Ls)), np.nan)
+        for r in records:
+            grid[ws.index(r["w"]), Ls.index(r["L"])] = r[key]
+        lim = max(1.0, float(np.nanmax(np.abs(np.log2(grid)))))
+        im = ax.imshow(np.log2(grid), origin="lower", cmap="RdBu", vmin=-lim, vmax=lim,
+                       aspect="auto")
+        for i in range(len(ws)):
+            for j in range(len(Ls)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2g}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(Ls)), [f"$2^{{{int(math.log2(v))}}}$" for v in Ls])
+        ax.set_yticks(range(len(ws)), [str(v) for v in ws])
+        ax.set_xlabel("L (layers)")
+        ax.set_ylabel("w (width)")
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax, label="log2 speed-up")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _digits(seed: int, dtype: Any, device: str) -> tuple[Any, Any, Any, Any]:
+    import torch
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    X = data.data.astype(np.float64) / 16.0
+    y = data.target
+    perm = np.random.default_rng(seed).permutation(len(X))
+    cut = int(0.8 * len(X))
+    tr, te = perm[:cut], perm[cut:]
+
+    def t(a: np.ndarray, dt: Any = dtype) -> Any:
+        return torch.as_tensor(a, dtype=dt, device=device)
+
+    return t(X[tr]), t(y[tr], torch.int64), t(X[te]), t(y[te], torch.int64)
+
+
+def resnet_digits(
+    depth: int = 64, width: int = 16, *, epochs: int = 3, batch_size: int = 64,
+    lr: float = 3e-3, seed: int = 0, device: str = "cpu", dtype: str = "float32",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Experiment (b): train a deep residual network on the digits, parallel vs sequential.
+
+    The network is ``Linear(64, w) -> tanh -> [depth residual blocks x + tanh(W x + b)]
+    -> Linear(w, 10)``. Two copies start from the same initialisation and see the same
+    mini-batches; one runs its residual stack with ``nn.Sequential``, the other with
+    :class:`pcrsolve.adapters.torch.ParallelSequential` (Newton-PCR forward, adjoint
+    backward). Adam, cross-entropy.
+
+    Returns
+    -------
+    dict
+        Test accuracies, time per training step (median), Newton iterations.
+    """
+    import torch
+    from torch import nn
+
+    from ..adapters.torch import ParallelSequential, Residual
+
+    dt = getattr(torch, dtype)
+    torch.manual_seed(seed)
+    Xtr, ytr, Xte, yte = _digits(seed, dt, device)
+    blocks = []
+    for _ in range(depth):
+        lin = nn.Linear(width, width)
+        with torch.no_grad():
+            lin.weight.mul_(0.5 / math.sqrt(depth / 16))
+        blocks.append(Residual(nn.Sequential(lin, nn.Tanh())))
+    stem, head = nn.Linear(64, width), nn.Linear(width, 10)
+    nets = {}
+    for kind in ("sequential", "parallel"):
+        body = copy.deepcopy(blocks)
+        mid = nn.Sequential(*body) if kind == "sequential" else ParallelSequential(body)
+        nets[kind] = nn.Sequential(copy.deepcopy(stem), nn.Tanh(), mid,
+                                   copy.deepcopy(head)).to(device=device, dtype=dt)
+    results: dict[str, Any] = {"depth": depth, "width": width, "epochs": epochs,
+                               "device": device, "dtype": dtype}
+    order = np.random.default_rng(seed + 1)
+    batches = [order.permutation(len(Xtr)) for _ in range(epochs)]
+    for kind, net in nets.items():
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        step_times, iters = [], []
+        it = range(epochs)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc=f"{kind} training")
+        for epoch in it:
+            perm = torch.as_tensor(batches[epoch], device=device)
+            for start in range(0, len(Xtr), batch_size):
+                idx = perm[start:start + batch_size]
+                _sync(device)
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(net(Xtr[idx]), ytr[idx])
+                loss.backward()
+                opt.step()
+                _sync(device)
+                step_times.append(time.perf_counter() - t0)
+                if kind == "parallel":
+                    iters.append(net[2].last_solution.iterations)
+        with torch.no_grad():
+            acc = float((net(Xte).argmax(-1) == yte).to(torch.float64).mean())
+        results[kind] = {"test_accuracy": acc, "step_time_s": statistics.median(step_times),
+                         "final_loss": float(loss.detach())}
+        if iters:
+            results[kind]["newton_iterations_mean"] = float(np.mean(iters))
+            results[kind]["newton_iterations_max"] = int(np.max(iters))
+    results["accuracy_gap"] = abs(results["parallel"]["test_accuracy"]
+                                  - results["sequential"]["test_accuracy"])
+    results["step_speedup"] = (results["sequential"]["step_time_s"]
+                               / results["parallel"]["step_time_s"])
+    return results
