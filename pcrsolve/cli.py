@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a short tour: linear, nonlinear, MLP forward/backward")
     _add_problem_options(demo)
     demo.add_argument("--small", action="store_true", help="tiny sizes (a few seconds)")
+    demo.add_argument("--plot", default=None, metavar="DIR",
+                      help="write figures (speed-ups, Newton convergence) to DIR")
 
     bench = sub.add_parser("bench", help="time every method against the sequential loop")
     bench.add_argument("suite", choices=sorted(SUITES), help="which benchmark")
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tol", type=float, default=None,
                        help="Newton tolerance (default: from the dtype)")
     bench.add_argument("--json", default=None, metavar="FILE", help="write results as JSON")
+    bench.add_argument("--size", default="small", choices=["small", "medium", "full"],
+                       help="bench paper: experiment sizes (full is meant for a GPU)")
+    bench.add_argument("--plot", default=None, metavar="DIR", help="bench paper: figures")
     return parser
 
 
@@ -65,10 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts.length < 0 or opts.width < 1 or opts.batch < 1 or opts.repeat < 1:
             parser.error("--length must be >= 0; --width, --batch and --repeat >= 1")
         report = SUITES[opts.suite](opts)
-        print(report.table())
-        if opts.json:
-            write_json([report], opts.json)
-            print(f"wrote {opts.json}")
+        if report is not None:  # suites that print and write their own output return None
+            print(report.table())
+            if opts.json:
+                write_json([report], opts.json)
+                print(f"wrote {opts.json}")
         return 0
     return 2
 

@@ -45,3 +45,24 @@ def test_bad_options_exit_with_usage():
         main(["bench", "linear", "--width", "0"])
     with pytest.raises(SystemExit):
         main(["bench", "nonsense"])
+
+
+def test_demo_writes_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["demo", "--small", "--plot", str(tmp_path)]) == 0
+    assert (tmp_path / "demo_speedups.png").stat().st_size > 1000
+    assert (tmp_path / "demo_newton.png").stat().st_size > 1000
+
+
+def test_bench_paper_small(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path / "paper.json"
+    assert main(["bench", "paper", "--size", "small", "--dtype", "float32", "--json", str(out),
+                 "--plot", str(tmp_path)]) == 0
+    data = json.loads(out.read_text())
+    grid = data["a_mlp_grid"]
+    assert {(r["L"], r["w"]) for r in grid} == {(L, w) for L in (16, 64, 256) for w in (1, 4)}
+    assert all(r["state_rel_err"] < 1e-4 and r["grad_rel_err"] < 1e-3 for r in grid)
+    assert data["b_resnet_digits"]["accuracy_gap"] <= 0.01
+    assert (tmp_path / "mlp_speedup_grid.png").exists()

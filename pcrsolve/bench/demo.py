@@ -29,12 +29,54 @@ def _time(ws: Workspace, fn: Any, repeat: int) -> tuple[Any, float]:
     return out, statistics.median(times)
 
 
-def _line(name: str, t_ref: float, t_new: float, err: float, note: str = "") -> str:
-    return (f"  {name:<34} loop {t_ref * 1e3:9.2f} ms   pcrsolve {t_new * 1e3:8.2f} ms   "
-            f"speed-up {t_ref / t_new:6.1f}x   rel. error {err:.1e}  {note}")
+def _line(name: str, t_ref: float, t_new: float, err: float, note: str = "",
+          residuals: list[float] | None = None) -> dict[str, Any]:
+    """One part's result (printed by :func:`_format`, drawn by :func:`_plot`)."""
+    return {"name": name, "loop_s": t_ref, "pcrsolve_s": t_new, "rel_error": err,
+            "note": note, "residuals": residuals}
 
 
-def _linear(ws: Workspace, L: int, repeat: int) -> str:
+def _format(r: dict[str, Any]) -> str:
+    return (f"  {r['name']:<34} loop {r['loop_s'] * 1e3:9.2f} ms   pcrsolve "
+            f"{r['pcrsolve_s'] * 1e3:8.2f} ms   speed-up {r['loop_s'] / r['pcrsolve_s']:6.1f}x"
+            f"   rel. error {r['rel_error']:.1e}  {r['note']}")
+
+
+def _plot(records: list[dict[str, Any]], folder: str) -> list[str]:
+    """Speed-ups as bars and the Newton residual histories, as PNG files in ``folder``."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, "demo_speedups.png"), os.path.join(folder, "demo_newton.png")]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = [r["name"] for r in records]
+    ups = [r["loop_s"] / r["pcrsolve_s"] for r in records]
+    ax.barh(names, ups, color=["tab:blue" if u >= 1 else "tab:red" for u in ups])
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over the sequential loop (log scale)")
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in records:
+        if r["residuals"]:
+            ax.semilogy(range(len(r["residuals"])), r["residuals"], marker="o", label=r["name"])
+    ax.set_xlabel("Newton iteration")
+    ax.set_ylabel(r"$\max\,|x_l - f_l(x_{l-1})|$")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def _linear(ws: Workspace, L: int, repeat: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     system = BidiagonalSystem(ws.asarray(rng.uniform(-0.95, 0.95, L)),
                               ws.asarray(rng.standard_normal((L, 1))), structure="scalar")
@@ -45,7 +87,7 @@ def _linear(ws: Workspace, L: int, repeat: int) -> str:
                  f"(auto chose {choose_method(system)})")
 
 
-def _logistic(ws: Workspace, L: int, repeat: int) -> str:
+def _logistic(ws: Workspace, L: int, repeat: int) -> dict[str, Any]:
     xp = ws.xp
     r = 2.5
 
@@ -69,10 +111,11 @@ def _logistic(ws: Workspace, L: int, repeat: int) -> str:
                                          jacobian_structure="diagonal"), repeat)
     err = relative_error(ws.to_numpy(sol.states), ws.to_numpy(ref))
     return _line(f"logistic map r=2.5, L={L}", t_ref, t_new, err,
-                 f"({sol.iterations} Newton iterations, {sol.status.name})")
+                 f"({sol.iterations} Newton iterations, {sol.status.name})", sol.residuals)
 
 
-def _mlp(device: str | None, dtype: str, L: int, w: int, batch: int, repeat: int) -> list[str]:
+def _mlp(device: str | None, dtype: str, L: int, w: int, batch: int,
+         repeat: int) -> list[dict[str, Any]]:
     import torch
 
     ws = Workspace("torch", device, dtype)
@@ -99,7 +142,7 @@ def _mlp(device: str | None, dtype: str, L: int, w: int, batch: int, repeat: int
         sol, t_new = _time(ws, lambda: solve(step, x0, L, jacobian=jacobian), repeat)
     lines = [_line(f"tanh MLP forward, L={L} w={w} B={batch}", t_ref, t_new,
                    relative_error(ws.to_numpy(sol.states), ws.to_numpy(ref)),
-                   f"({sol.iterations} Newton iterations)")]
+                   f"({sol.iterations} Newton iterations)", sol.residuals)]
     weight = torch.randn(ref.shape, dtype=ws.dtype, device=ws.device)
     loss_ref = (loop() * weight).sum()
     loss_new = (solve(step, x0, L, jacobian=jacobian, params=[W, b]).states * weight).sum()
@@ -123,13 +166,34 @@ def run_demo(opts: Any) -> int:
     print("pcrsolve demo: sequential computations solved in parallel (DeepPCR)")
     print(f"backend {ws.backend} on {ws.device}, {opts.dtype}; "
           + machine_description(ws.backend, str(ws.device)))
-    print(_linear(ws, 1 << (12 if small else 20), repeat))
-    print(_logistic(ws, 1 << (10 if small else 14), repeat))
+    steps = [lambda: [_linear(ws, 1 << (12 if small else 20), repeat)],
+             lambda: [_logistic(ws, 1 << (10 if small else 14), repeat)]]
     if importlib.util.find_spec("torch") is None:
         print("  tanh MLP forward/backward: skipped (install torch: pip install torch)")
     else:
         device = opts.device if opts.backend == "torch" else "cpu"
-        for line in _mlp(device, "float32" if opts.dtype == "float32" else "float64",
-                         256 if small else 4096, 4, 8, repeat):
-            print(line)
+        dtype = "float32" if opts.dtype == "float32" else "float64"
+        steps.append(lambda: _mlp(device, dtype, 256 if small else 4096, 4, 8, repeat))
+    records = []
+    for part in _progress(steps, enabled=not small):
+        for r in part():
+            print(_format(r))
+            records.append(r)
+    if opts.plot:
+        for path in _plot(records, opts.plot):
+            print(f"wrote {path}")
+    bound = 1e-3 if opts.dtype == "float32" else 1e-8
+    bad = [r["name"] for r in records if not r["rel_error"] <= bound]
+    if bad:
+        print(f"DISAGREEMENT with the sequential loop beyond {bound:g}: {', '.join(bad)}")
+        return 1
     return 0
+
+
+def _progress(items: list[Any], enabled: bool) -> Any:
+    """``items`` wrapped in a tqdm progress bar (on stderr) when available and enabled."""
+    if not enabled or importlib.util.find_spec("tqdm") is None:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="demo", unit="part", leave=False)

@@ -32,13 +32,19 @@ __all__ = [
     "suite",
 ]
 
-SUITES: dict[str, Callable[[Any], Report]] = {}
+SUITES: dict[str, Callable[[Any], Report | None]] = {}
+
+_Suite = Callable[[Any], "Report | None"]
 
 
-def suite(name: str) -> Callable[[Callable[[Any], Report]], Callable[[Any], Report]]:
-    """Register a benchmark suite under ``name`` (``python -m pcrsolve bench NAME``)."""
+def suite(name: str) -> Callable[[_Suite], _Suite]:
+    """Register a benchmark suite under ``name`` (``python -m pcrsolve bench NAME``).
 
-    def register(fn: Callable[[Any], Report]) -> Callable[[Any], Report]:
+    A suite returns a :class:`Report` (printed as a table by the CLI), or ``None`` when it
+    prints and writes its own output (``bench paper``).
+    """
+
+    def register(fn: _Suite) -> _Suite:
         SUITES[name] = fn
         return fn
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .harness import suite
+
 __all__ = ["mlp_speedup_grid", "plot_grid", "resnet_digits"]
 
 
@@ -267,3 +269,57 @@ def resnet_digits(
     results["step_speedup"] = (results["sequential"]["step_time_s"]
                                / results["parallel"]["step_time_s"])
     return results
+
+
+@suite("paper")
+def run_paper(opts: Any) -> None:
+    """``python -m pcrsolve bench paper``: experiments (a)-(d) at ``--size``; JSON + figures."""
+    import importlib.util
+    import json
+    import os
+
+    from .harness import machine_description
+
+    if importlib.util.find_spec("torch") is None:
+        raise SystemExit("bench paper needs torch (pip install torch)")
+    device = opts.device or "cpu"
+    small = opts.size == "small"
+    out: dict[str, Any] = {"machine": machine_description("torch", device), "size": opts.size}
+    print(out["machine"])
+    if small:
+        lengths, widths = [16, 64, 256], [1, 4]
+    elif opts.size == "full":
+        lengths, widths = [2**k for k in range(4, 15)], [2**k for k in range(8)]
+    else:
+        lengths, widths = [2**k for k in range(4, 13, 2)], [1, 2, 4, 8, 16]
+    grid = mlp_speedup_grid(lengths, widths, device=device, dtype=opts.dtype,
+                            repeat=1 if small else opts.repeat, progress=True)
+    out["a_mlp_grid"] = grid
+    best = max(grid, key=lambda r: r["forward_speedup"])
+    best_b = max(grid, key=lambda r: r["backward_speedup"])
+    print(f"(a) MLP grid: best forward speed-up {best['forward_speedup']:.2f}x "
+          f"(L={best['L']}, w={best['w']}), best backward {best_b['backward_speedup']:.2f}x "
+          f"(L={best_b['L']}, w={best_b['w']})")
+    res = resnet_digits(16 if small else 64, 16, epochs=1 if small else 3, device=device,
+                        dtype=opts.dtype, progress=True)
+    out["b_resnet_digits"] = res
+    print(f"(b) residual network, {res['depth']} blocks: test accuracy sequential "
+          f"{res['sequential']['test_accuracy']:.4f} vs parallel "
+          f"{res['parallel']['test_accuracy']:.4f}; step speed-up {res['step_speedup']:.2f}x")
+    for key, fn in _EXTRA_EXPERIMENTS.items():
+        out[key] = fn(small, device, opts.dtype)
+        print(out[key]["summary"])
+    if opts.plot:
+        os.makedirs(opts.plot, exist_ok=True)
+        path = os.path.join(opts.plot, "mlp_speedup_grid.png")
+        plot_grid(grid, path)
+        print(f"wrote {path}")
+    if opts.json:
+        with open(opts.json, "w") as fh:
+            json.dump(out, fh, indent=1, default=str)
+        print(f"wrote {opts.json}")
+
+
+#: experiments (c) and (d), registered by name: ``fn(small, device, dtype) -> dict`` with
+#: a ``"summary"`` line.
+_EXTRA_EXPERIMENTS: dict[str, Any] = {}
