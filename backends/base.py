@@ -113,6 +113,15 @@ class Backend:
         """``jvp(x_prev, l, v)`` of ``step`` by the library's forward-mode autodiff."""
         raise NotImplementedError(f"the {self.name} backend has no automatic differentiation")
 
+    def jacobian(self, step: Any, structure: str) -> Any:
+        """``jac(x_prev, l)``: Jacobian blocks of ``step`` by the library's autodiff.
+
+        The base version assembles them from :meth:`jvp` with ``w`` JVPs in one call.
+        """
+        from pcrsolve.jacobians import jacobian_provider
+
+        return jacobian_provider(self.jvp(step), structure, self.xp)
+
     def check_no_hidden_grad(self, step: Any, x0: Any) -> None:
         """Raise if ``step`` depends on tensors that require grad but were not passed."""
 

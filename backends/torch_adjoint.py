@@ -19,8 +19,6 @@ import torch
 
 from pcrsolve.errors import InputError
 
-from .torch_backend import torch_jvp
-
 __all__ = ["adjoint_solve"]
 
 
@@ -103,9 +101,13 @@ class _Run:
         with torch.no_grad():
             if opts["jacobian"] is not None and opts["jacobian_structure"] == "dense":
                 return opts["jacobian"](Xprev, idx), "dense"
-            jvp = opts["jvp"] if opts["jvp"] is not None else torch_jvp(self.step)
-            xp = _namespace(Xprev)
-            return jacobian_provider(jvp, "dense", xp)(Xprev, idx), "dense"
+            if opts["jvp"] is not None:
+                jac = jacobian_provider(opts["jvp"], "dense", _namespace(Xprev))
+            else:
+                from .torch_backend import TorchBackend
+
+                jac = TorchBackend(_namespace(Xprev)).jacobian(self.step, "dense")
+            return jac(Xprev, idx), "dense"
 
 
 def _namespace(x: torch.Tensor) -> Any:

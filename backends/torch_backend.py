@@ -78,6 +78,31 @@ class TorchBackend(Backend):
 
         return torch_jvp(step)
 
+    def jacobian(self, step: Any, structure: str) -> Any:
+        """Jacobian blocks by :func:`torch.func.vmap` of a JVP over the basis vectors.
+
+        Mapping over the basis (rather than evaluating ``step`` on a ``w``-fold batch)
+        keeps ``step``'s own batch shape, which some kernels (einsum under forward-mode AD)
+        handle 50-100x faster. Steps that ``vmap`` cannot trace fall back to the batch.
+        """
+        from pcrsolve.jacobians import assemble_blocks, jacobian_provider
+
+        batched = jacobian_provider(torch_jvp(step), structure, self.xp)
+
+        def jac(x: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+            eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+
+            def column(e: torch.Tensor) -> torch.Tensor:
+                return torch.func.jvp(lambda z: step(z, l), (x,), (e.expand_as(x),))[1]
+
+            try:
+                cols = torch.func.vmap(column)(eye)
+            except Exception:  # not vmap-traceable (e.g. .item(), data-dependent flow)
+                return batched(x, l)
+            return assemble_blocks(cols, structure, self.xp)
+
+        return jac
+
     def check_no_hidden_grad(self, step: Any, x0: Any) -> None:
         """Probe one step: an output that requires grad means hidden parameters."""
         if not torch.is_grad_enabled():

@@ -22,7 +22,7 @@ from typing import Any
 from .errors import StepFunctionError
 from .namespace import device_of
 
-__all__ = ["JVP", "finite_difference_jvp", "jacobian_provider"]
+__all__ = ["JVP", "assemble_blocks", "finite_difference_jvp", "jacobian_provider"]
 
 #: ``jvp(x_prev, l, v) -> J_l v`` with ``x_prev, v`` of shape (..., n, w).
 JVP = Callable[[Any, Any, Any], Any]
@@ -91,8 +91,27 @@ def jacobian_provider(
                 f"`jvp` must return the shape of its input {tuple(xw.shape)} (it is called "
                 f"with an extra leading batch axis of size w={w}); got {tuple(cols.shape)}"
             )
-        if structure == "diagonal":
-            return xp.sum(cols * E, axis=0)
-        return xp.permute_dims(cols, (*range(1, x.ndim + 1), 0))  # (..., n, w_out, w_in)
+        return assemble_blocks(cols, structure, xp)
 
     return jac
+
+
+def assemble_blocks(cols: Any, structure: str, xp: Any) -> Any:
+    """Jacobian blocks from the JVPs with the basis vectors.
+
+    Parameters
+    ----------
+    cols : array, shape (w, ..., n, w)
+        ``cols[i] = J e_i``, the Jacobian's columns.
+    structure : {"dense", "diagonal"}
+    xp : module
+
+    Returns
+    -------
+    array
+        ``(..., n, w, w)`` (rows index outputs, columns inputs) or the diagonals
+        ``(..., n, w)``.
+    """
+    if structure == "diagonal":
+        return xp.sum(cols * _basis(cols.shape[0], cols.ndim - 1, cols, xp), axis=0)
+    return xp.permute_dims(cols, (*range(1, cols.ndim), 0))

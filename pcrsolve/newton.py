@@ -88,8 +88,10 @@ def _jacobian_blocks(
         if jacobian_structure == "diagonal" or want == "dense":
             return jacobian, jacobian_structure
         return (lambda X, l: xp.linalg.diagonal(jacobian(X, l))), "diagonal"
+    if jvp is None and backend.has_autodiff:
+        return backend.jacobian(step, want), want
     if jvp is None:
-        jvp = backend.jvp(step) if backend.has_autodiff else finite_difference_jvp(step, xp)
+        jvp = finite_difference_jvp(step, xp)
     return jacobian_provider(jvp, want, xp), want
 
 
