@@ -131,7 +131,10 @@ def test_autodiff_jacobian_vmap_and_fallback_paths_agree():
         return torch.tanh(torch.einsum("nij,...nj->...ni", W[l], z) + b[l])
 
     def untraceable(z, l):
-        return plain(z, l) * float(torch.tensor(scale).item())
+        y = plain(z, l)
+        if bool((z.abs() > 1e6).any()):  # data-dependent control flow: vmap cannot trace it
+            y = torch.zeros_like(y)
+        return scale * y
 
     import array_api_compat
 
