@@ -121,7 +121,6 @@ def test_autodiff_jacobian_vmap_and_fallback_paths_agree(monkeypatch):
     # autodiff Jacobians map a JVP over the basis with vmap; where vmap fails, they fall back
     # to one call on a w-fold batch. Both must equal the analytic Jacobian.
     import array_api_compat
-
     from pcrsolve.backends import get_backend
 
     W, b = _mlp(20, 3)
