@@ -96,6 +96,15 @@ class Backend:
         """Silence overflow/invalid warnings inside a solve that checks finiteness itself."""
         return contextlib.nullcontext()
 
+    # -- fused kernels --------------------------------------------------------------------------
+    def fast_linear(self, system: Any) -> Any:
+        """A fused kernel solving ``system`` (a callable of no arguments), or None.
+
+        A fast path is an optimisation of a core algorithm, never a different answer; the
+        tests compare it with the generic path.
+        """
+        return None
+
     # -- solver selection -----------------------------------------------------------------
     def cost_model(self, device: Any) -> CostModel:
         """Constants for ``method="auto"`` on ``device``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -68,6 +69,28 @@ class TorchBackend(Backend):
                              seq_flop_time=1e-11, par_flop_time=1e-12, elementwise_time=1e-12)
         return CostModel(step_overhead=6e-6, level_overhead=2e-5, block_overhead=6e-8,
                          seq_flop_time=1e-9, par_flop_time=1.5e-10, elementwise_time=2.5e-9)
+
+    def fast_linear(self, system: Any) -> Any:
+        """The Triton chunked-scan kernel for diagonal and scalar systems, where it runs.
+
+        Needs Triton and a CUDA device (or ``TRITON_INTERPRET=1`` on the CPU, for testing);
+        inputs that require grad keep the generic (differentiable) path.
+        """
+        if system.structure.name not in ("diagonal", "scalar"):
+            return None
+        if torch.is_grad_enabled() and any(
+                isinstance(t, torch.Tensor) and t.requires_grad
+                for t in (system.A, system.b, system.x0)):
+            return None  # the kernel has no backward: keep the differentiable generic path
+        if importlib.util.find_spec("triton") is None:
+            return None
+        from .triton_scan import available, diagonal_scan
+
+        if not available(torch.device(system.device)):
+            return None
+        return lambda: diagonal_scan(
+            system.A, system.b, system.x0, scalar=system.structure.name == "scalar",
+            reverse=system.reverse, out_dtype=system.dtype)
 
     def requires_grad(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor) and x.requires_grad

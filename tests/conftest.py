@@ -80,6 +80,12 @@ def _gpu_available() -> tuple[bool, bool]:
     return torch_cuda, cupy_ok
 
 
+# Triton kernels run under the interpreter on machines without a GPU (set before any
+# kernel module is imported: @triton.jit reads it at decoration time).
+if importlib.util.find_spec("triton") is not None and not _gpu_available()[0]:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def backend_cases() -> list[Any]:
     """The backends of this machine, as pytest params."""
     cases: list[Any] = [pytest.param(_numpy, id="numpy")]

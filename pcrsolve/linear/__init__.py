@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backends import get_backend
 from ..errors import InputError
 from ..system import BidiagonalSystem
 from .auto import choose_method, estimate_costs
@@ -47,11 +48,13 @@ def solve_linear(
     ----------
     system : BidiagonalSystem
         ``x_l = A_l x_{l-1} + b_l`` (or the reverse direction), ``l = 1..L``.
-    method : {"auto", "sequential", "pcr", "cr", "chunked"}, default "auto"
+    method : {"auto", "sequential", "pcr", "cr", "chunked", "kernel"}, default "auto"
         ``"sequential"`` is the reference loop; ``"pcr"`` recursive doubling (fewest
         parallel steps); ``"cr"`` work-efficient cyclic reduction; ``"chunked"`` sequential
-        inside chunks and parallel across them (least memory). ``"auto"`` picks by
-        ``L``, ``w``, structure and backend (see :func:`choose_method`).
+        inside chunks and parallel across them (least memory); ``"kernel"`` the backend's
+        fused kernel (torch + Triton on a GPU, diagonal/scalar structure). ``"auto"`` picks
+        by ``L``, ``w``, structure and backend (see :func:`choose_method`), and takes the
+        kernel on a GPU where one applies.
     chunk_size : int, optional
         Steps per chunk for ``method="chunked"`` (default ``ceil(sqrt(L))``).
 
@@ -84,9 +87,18 @@ def solve_linear(
         )
     if method == "auto":
         method = choose_method(system)
+    if method == "kernel":
+        kernel = get_backend(system.xp).fast_linear(system)
+        if kernel is None:
+            raise InputError(
+                "`method='kernel'` needs a fused kernel for this system: diagonal or scalar "
+                "structure, torch tensors on a CUDA device and Triton installed (or "
+                "TRITON_INTERPRET=1 on the CPU); use 'auto' to fall back to the generic path"
+            )
+        return kernel()
     if method not in METHODS:
         raise InputError(
-            f"`method` must be 'auto' or one of {sorted(METHODS)}; got {method!r}"
+            f"`method` must be 'auto', 'kernel' or one of {sorted(METHODS)}; got {method!r}"
         )
     if chunk_size is not None:
         if method != "chunked":

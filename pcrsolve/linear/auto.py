@@ -78,9 +78,13 @@ def choose_method(system: Any) -> str:
     Returns
     -------
     str
-        One of ``"sequential"``, ``"cr"``, ``"pcr"``, ``"chunked"``.
+        One of ``"sequential"``, ``"cr"``, ``"pcr"``, ``"chunked"``, or ``"kernel"`` (a
+        fused kernel of the backend, on an accelerator, where one applies).
     """
     if system.length <= 2:
         return "sequential"
+    backend = get_backend(system.xp)
+    if backend.is_accelerator(system.device) and backend.fast_linear(system) is not None:
+        return "kernel"
     costs = estimate_costs(system)
     return min(costs, key=costs.__getitem__)

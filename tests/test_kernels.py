@@ -1,0 +1,81 @@
+"""Fused Triton kernels against the float64 reference loop and the generic path.
+
+On machines without a GPU they run under the Triton interpreter (TRITON_INTERPRET=1, set
+in conftest.py), which is slow: sizes here are small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from linear_problems import random_system, reference_solve, rel_err
+
+import pcrsolve
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from pcrsolve.backends.triton_scan import diagonal_scan  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float64: 1e-13, torch.float32: 2e-6, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+def _t(a, dtype):
+    return torch.as_tensor(a, device=DEVICE).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
+                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("structure", ["diagonal", "scalar"])
+def test_kernel_matches_reference(rng, structure, reverse, dtype):
+    L = int(rng.choice([1, 2, 19, 41]))
+    A, b, x0 = random_system(rng, structure, L, 3, batch=(2,))
+    system = pcrsolve.BidiagonalSystem(_t(A, dtype), _t(b, dtype), _t(x0, dtype),
+                                       structure=structure, reverse=reverse)
+    x = pcrsolve.solve_linear(system, method="kernel")
+    assert x.dtype == dtype and tuple(x.shape) == (2, L, 3)
+    # reference on the rounded inputs, in float64
+    ref = reference_solve(*(t.double().cpu().numpy() for t in (system.A, system.b)),
+                          x0=system.x0.double().cpu().numpy(), structure=structure,
+                          reverse=reverse)
+    assert rel_err(x.double().cpu().numpy(), ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("chunk", [2, 4, 16])
+def test_kernel_recursion_over_chunks_and_broadcast_batch(rng, chunk):
+    # L = 70 with chunk 2 or 4 needs the recursion over chunk maps to go two levels deep
+    A, b, x0 = random_system(rng, "diagonal", 70, 5, batch=(3,), a_batch=())
+    x = diagonal_scan(_t(A, torch.float64), _t(b, torch.float64), _t(x0, torch.float64),
+                      scalar=False, chunk=chunk)
+    assert rel_err(x.cpu().numpy(), reference_solve(A, b, x0, "diagonal")) <= 1e-13
+
+
+def test_kernel_agrees_with_generic_path_and_zero_length(rng):
+    A, b, x0 = random_system(rng, "scalar", 33, 2)
+    system = pcrsolve.BidiagonalSystem(_t(A, torch.float32), _t(b, torch.float32),
+                                       structure="scalar")
+    generic = pcrsolve.solve_linear(system, method="cr")
+    kernel = pcrsolve.solve_linear(system, method="kernel")
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(kernel, generic, rtol=50 * eps, atol=50 * eps)
+    empty = pcrsolve.BidiagonalSystem(_t(np.zeros(0), torch.float32),
+                                      _t(np.zeros((0, 2)), torch.float32), structure="scalar")
+    assert tuple(pcrsolve.solve_linear(empty, method="kernel").shape) == (0, 2)
+    del x0
+
+
+def test_kernel_refuses_what_it_cannot_do(rng):
+    A, b, _ = random_system(rng, "dense", 8, 2)
+    dense = pcrsolve.BidiagonalSystem(_t(A, torch.float32), _t(b, torch.float32))
+    with pytest.raises(pcrsolve.InputError, match="kernel"):
+        pcrsolve.solve_linear(dense, method="kernel")
+    with pytest.raises(pcrsolve.InputError, match="kernel"):
+        pcrsolve.solve_linear(pcrsolve.BidiagonalSystem(np.ones((4, 2)), np.ones((4, 2)),
+                                                        structure="diagonal"), method="kernel")
+    # inputs that require grad keep the differentiable generic path under method="auto"
+    a = _t(np.full((5, 2), 0.5), torch.float64).requires_grad_()
+    system = pcrsolve.BidiagonalSystem(a, _t(np.ones((5, 2)), torch.float64),
+                                       structure="diagonal")
+    assert pcrsolve.solve_linear(system).requires_grad
