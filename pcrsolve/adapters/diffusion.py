@@ -15,15 +15,20 @@ recurrence's ``x0`` is the starting noise ``x_T``; its state ``l + 1`` (``states
 is the image at timestep ``t_prev = tau_{S-l-1}``, and ``states[..., -1, :]`` is the sample
 ``x_0``.
 
-The Jacobian of step ``l`` is ``a_l I + b_l d eps/dx``. Three ways to use it
+The Jacobian of step ``l`` is ``a_l I + b_l d eps/dx``. Four ways to use it
 (``jacobian=`` of :func:`sample`):
 
 * ``"full"``: Newton with the dense Jacobian of the denoiser, from ``D`` JVPs per
   iteration (torch autodiff, a user's ``denoiser_jvp``, or NumPy finite differences);
 * ``"diagonal"``: quasi-Newton with its diagonal (the same ``D`` JVPs, an elementwise solve);
-* ``"scheduler"``: the denoiser's Jacobian taken as zero, ``J_l = a_l I``: no
-  differentiation of the denoiser at all, one denoiser evaluation of all steps and one
-  elementwise solve per iteration.
+* ``"gaussian"``: ``J_l = (a_l + b_l k_t) I`` with ``k_t = sqrt(1 - abar_t) / (abar_t s^2 +
+  1 - abar_t)``, the exact ``d eps/dx`` of the optimal denoiser when the data are
+  ``N(0, s^2 I)`` (``s = data_std``): a free scalar, like the next option, that knows the
+  denoiser contracts (``eps(x_t, t) ~ x_t`` at high noise);
+* ``"scheduler"``: the denoiser's Jacobian taken as zero, ``J_l = a_l I``.
+
+The last two need no differentiation of the denoiser at all: one denoiser evaluation of all
+steps and one elementwise solve per iteration.
 
 The step functions are written against the Array API: they run on NumPy, PyTorch, CuPy
 and ``array_api_strict``; the denoiser is the user's function on arrays of the same library.
@@ -56,7 +61,7 @@ __all__ = [
 #: Samplers understood by :func:`plan_sampler` and :func:`sample`.
 SAMPLERS = ("ddpm", "ddim")
 #: Jacobian options of :func:`sample`, mapped to the mode of :func:`pcrsolve.solve`.
-JACOBIANS = {"full": "newton", "diagonal": "quasi", "scheduler": "quasi"}
+JACOBIANS = {"full": "newton", "diagonal": "quasi", "gaussian": "quasi", "scheduler": "quasi"}
 _RESERVED = ("mode", "jacobian", "jacobian_structure", "jvp")
 
 #: ``denoiser(x, t)``: noisy images ``(..., n, D)`` and integer timesteps ``(n,)`` (values
@@ -391,11 +396,11 @@ class _Sampler:
     """The coefficient arrays of one plan on one namespace/device, and the step/Jacobian."""
 
     def __init__(self, denoiser: Denoiser, plan: SamplerPlan, x_T: Any, noise: Any | None,
-                 xp: Any) -> None:
+                 xp: Any, schedule: NoiseSchedule | None = None) -> None:
         if not callable(denoiser):
             raise InputError(f"`denoiser` must be callable as denoiser(x, t); got "
                              f"{type(denoiser).__name__}")
-        self.denoiser, self.plan, self.xp = denoiser, plan, xp
+        self.denoiser, self.plan, self.xp, self.schedule = denoiser, plan, xp, schedule
         dev, dt = device_of(x_T), x_T.dtype
         self.t = xp.asarray(plan.timesteps, dtype=xp.int64, device=dev)
         self.a = xp.asarray(plan.scale, dtype=dt, device=dev)
@@ -426,9 +431,21 @@ class _Sampler:
             out = out + (s if s.dtype == x.dtype else self.xp.astype(s, x.dtype))
         return out
 
-    def scheduler_jacobian(self, x: Any, l: Any) -> Any:
-        """``J_l = a_l I`` as diagonal blocks ``(n, D)`` (broadcast over the batch)."""
-        return self.xp.broadcast_to(self._coef(self.a, l, x), tuple(x.shape[-2:]))
+    def scalar_jacobian(self, data_std: float | None) -> Callable[[Any, Any], Any]:
+        """``J_l = a_l I`` (``data_std=None``) or ``(a_l + b_l k_t) I`` as diagonal blocks
+        ``(n, D)``, broadcast over the batch."""
+        xp, a = self.xp, self.a
+        if data_std is not None:
+            k = []
+            for t in self.plan.timesteps:
+                abar = self.schedule.alpha_bar(t)
+                k.append(math.sqrt(1.0 - abar) / (abar * data_std**2 + 1.0 - abar))
+            a = a + self.b * xp.asarray(k, dtype=a.dtype, device=device_of(a))
+
+        def jac(x: Any, l: Any) -> Any:
+            return xp.broadcast_to(self._coef(a, l, x), tuple(x.shape[-2:]))
+
+        return jac
 
     def jvp(self, denoiser_jvp: Callable[[Any, Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
         """The step's JVP ``a_l v + b_l (d eps/dx) v`` from the denoiser's."""
@@ -450,7 +467,8 @@ def sample(
     timesteps: Sequence[int] | None = None,
     eta: float = 0.0,
     variance: str = "beta",
-    jacobian: str = "scheduler",
+    jacobian: str = "gaussian",
+    data_std: float = 1.0,
     denoiser_jvp: Callable[[Any, Any, Any], Any] | None = None,
     **solve_kwargs: Any,
 ) -> Solution:
@@ -482,12 +500,19 @@ def sample(
         DDIM's stochasticity (0: deterministic).
     variance : {"beta", "posterior"}, default "beta"
         DDPM's ``sigma_t^2``.
-    jacobian : {"scheduler", "diagonal", "full"}, default "scheduler"
-        The Jacobian the parallel iteration uses: ``"scheduler"`` takes the denoiser's
-        Jacobian as zero (``J_l = a_l I``, no differentiation); ``"diagonal"`` uses the
-        diagonal of the step's Jacobian (``mode="quasi"``); ``"full"`` the dense one
+    jacobian : {"gaussian", "scheduler", "diagonal", "full"}, default "gaussian"
+        The Jacobian the parallel iteration uses. ``"gaussian"``: ``J_l = (a_l + b_l k_t)
+        I``, the denoiser's Jacobian replaced by that of the optimal denoiser for
+        ``N(0, data_std^2 I)`` data, ``k_t = sqrt(1 - abar_t) / (abar_t data_std^2 + 1 -
+        abar_t)``; ``"scheduler"``: the denoiser's Jacobian taken as zero, ``J_l = a_l I``
+        (both free: no differentiation, elementwise solve); ``"diagonal"``: the diagonal
+        of the step's Jacobian (``mode="quasi"``); ``"full"``: the dense one
         (``mode="newton"``). The last two differentiate the denoiser (``D`` JVPs per
-        iteration): torch autodiff, ``denoiser_jvp``, or finite differences.
+        iteration): torch autodiff, ``denoiser_jvp``, or finite differences. Any choice
+        gives the same answer; they differ in iterations and cost per iteration.
+    data_std : float, default 1.0
+        ``jacobian="gaussian"`` only: the assumed standard deviation of the data (per
+        pixel), ``> 0``.
     denoiser_jvp : callable, optional
         ``denoiser_jvp(x, t, v)``, the denoiser's Jacobian-vector product (shape of ``v``),
         used by ``"diagonal"`` and ``"full"`` instead of autodiff/finite differences.
@@ -540,10 +565,13 @@ def sample(
                          f"{type(denoiser_jvp).__name__}")
     plan = plan_sampler(schedule, sampler, timesteps=timesteps, eta=eta, variance=variance)
     xp = _check_inputs(x_T, noise, plan)
-    s = _Sampler(denoiser, plan, x_T, noise, xp)
+    if not (isinstance(data_std, (int, float)) and data_std > 0 and math.isfinite(data_std)):
+        raise InputError(f"`data_std` must be a finite number > 0; got {data_std!r}")
+    s = _Sampler(denoiser, plan, x_T, noise, xp, schedule)
     options: dict[str, Any] = {"mode": JACOBIANS[jacobian]}
-    if jacobian == "scheduler":
-        options.update(jacobian=s.scheduler_jacobian, jacobian_structure="diagonal")
+    if jacobian in ("gaussian", "scheduler"):
+        std = float(data_std) if jacobian == "gaussian" else None
+        options.update(jacobian=s.scalar_jacobian(std), jacobian_structure="diagonal")
     elif denoiser_jvp is not None:
         options["jvp"] = s.jvp(denoiser_jvp)
     return solve(s.step, x_T, plan.steps, **options, **solve_kwargs)
