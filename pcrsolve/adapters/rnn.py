@@ -40,7 +40,8 @@ from ..result import Solution
 
 __all__ = ["CELL_TYPES", "CellRecurrence", "RNNSolution", "cell_recurrence", "run_cell"]
 
-#: The supported cell classes (subclasses are accepted if they keep the parameters).
+#: The supported cell classes (subclasses are accepted unless they override ``forward``:
+#: the adapter evaluates the standard equations, not the module).
 CELL_TYPES = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
 JACOBIANS = ("analytic", "autodiff")
 _RESERVED = ("params", "jacobian_structure", "jvp")
@@ -133,9 +134,17 @@ def _rows(v: torch.Tensor, W: torch.Tensor, dense: bool) -> torch.Tensor:
     return v[..., None] * W if dense else v * torch.diagonal(W)
 
 
-def _diag(v: torch.Tensor, dense: bool) -> torch.Tensor:
-    """``diag(v)``: ``(..., H, H)`` if ``dense`` else ``v``."""
-    return torch.diag_embed(v) if dense else v
+def _sum_rows(terms: list[tuple[torch.Tensor, torch.Tensor]], dense: bool) -> torch.Tensor:
+    """``sum_k diag(v_k) W_k``, accumulated in place (one ``(..., H, H)`` buffer, not one per
+    term: the dense blocks are the largest arrays of the solve)."""
+    (v, W), *rest = terms
+    out = _rows(v, W, dense)
+    for v, W in rest:
+        if dense:
+            out.addcmul_(v[..., None], W)
+        else:
+            out.addcmul_(v, torch.diagonal(W))
+    return out
 
 
 def _rnn_step(gi: torch.Tensor, Whh: torch.Tensor, bhh: torch.Tensor | None,
@@ -178,8 +187,12 @@ def _gru_step(gi: torch.Tensor, Whh: torch.Tensor,
         # dn/dh = diag(1 - n^2) [diag(h_n) dr/dh + diag(r) W_n].
         r, z, n, h_n = _gru_gates(gi, Whh, bhh, h, l)
         a = (1.0 - z) * (1.0 - n * n)
-        return (_rows(a * h_n * r * (1.0 - r), W_r, dense) + _rows(a * r, W_n, dense)
-                + _rows((h - n) * z * (1.0 - z), W_z, dense) + _diag(z, dense))
+        J = _sum_rows([(a * h_n * r * (1.0 - r), W_r), (a * r, W_n),
+                       ((h - n) * z * (1.0 - z), W_z)], dense)
+        if dense:
+            torch.diagonal(J, dim1=-2, dim2=-1).add_(z)
+            return J
+        return J.add_(z)
 
     return step, jacobian
 
@@ -211,14 +224,17 @@ def _lstm_step(gi: torch.Tensor, Whh: torch.Tensor, bhh: torch.Tensor | None,
         i, f, g, o, c, _, t = _lstm_gates(gi, Whh, bhh, x, l, H)
         u_f, u_i, u_g = c * f * (1.0 - f), g * i * (1.0 - i), i * (1.0 - g * g)
         s = o * (1.0 - t * t)
-        dc_dh = _rows(u_f, W_f, dense) + _rows(u_i, W_i, dense) + _rows(u_g, W_g, dense)
-        dh_dh = (_rows(t * o * (1.0 - o), W_o, dense) + _rows(s * u_f, W_f, dense)
-                 + _rows(s * u_i, W_i, dense) + _rows(s * u_g, W_g, dense))
+        dc_dh = _sum_rows([(u_f, W_f), (u_i, W_i), (u_g, W_g)], dense)
+        dh_dh = _sum_rows([(t * o * (1.0 - o), W_o), (s * u_f, W_f), (s * u_i, W_i),
+                           (s * u_g, W_g)], dense)
         if not dense:
             return torch.cat([dh_dh, f], dim=-1)
-        top = torch.cat([dh_dh, torch.diag_embed(s * f)], dim=-1)
-        bottom = torch.cat([dc_dh, torch.diag_embed(f)], dim=-1)
-        return torch.cat([top, bottom], dim=-2)
+        J = dh_dh.new_zeros((*dh_dh.shape[:-2], 2 * H, 2 * H))
+        J[..., :H, :H] = dh_dh
+        J[..., H:, :H] = dc_dh
+        torch.diagonal(J[..., :H, H:], dim1=-2, dim2=-1).copy_(s * f)
+        torch.diagonal(J[..., H:, H:], dim1=-2, dim2=-1).copy_(f)
+        return J
 
     return step, jacobian
 
@@ -227,6 +243,12 @@ def _lstm_step(gi: torch.Tensor, Whh: torch.Tensor, bhh: torch.Tensor | None,
 
 
 def _kind(cell: Any) -> str:
+    base = next((c for c in CELL_TYPES if isinstance(cell, c)), None)
+    if base is not None and type(cell).forward is not base.forward:
+        raise InputError(
+            f"`cell` of type {type(cell).__name__} overrides {base.__name__}.forward; the "
+            f"adapter evaluates the standard {base.__name__} equations, so it cannot run it"
+        )
     if isinstance(cell, nn.LSTMCell):
         return "lstm"
     if isinstance(cell, nn.GRUCell):
