@@ -38,57 +38,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from pcrsolve.adapters.diffusion import NoiseSchedule, sample, sample_sequential
-
-
-class Denoiser(torch.nn.Module):
-    """``eps(x, t)``: an MLP on the image and a sinusoidal embedding of the timestep.
-
-    Vectorized as :mod:`pcrsolve.adapters.diffusion` expects: ``x`` of shape
-    ``(..., n, 64)`` and ``t`` of shape ``(n,)``; the time embedding ``(n, hidden)``
-    broadcasts over the leading dims.
-    """
-
-    def __init__(self, dim: int = 64, hidden: int = 256, emb: int = 32) -> None:
-        super().__init__()
-        self.emb = emb
-        self.inp = torch.nn.Linear(dim, hidden)
-        self.time = torch.nn.Linear(emb, hidden)
-        self.mid = torch.nn.Linear(hidden, hidden)
-        self.out = torch.nn.Linear(hidden, dim)
-
-    def embed(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.emb // 2
-        freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device) / half)
-        ang = t.to(self.inp.weight.dtype)[:, None] * freqs.to(self.inp.weight.dtype)
-        return torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        h = torch.nn.functional.silu(self.inp(x) + self.time(self.embed(t)))
-        h = torch.nn.functional.silu(self.mid(h))
-        return self.out(h)
-
-
-def train(data: torch.Tensor, schedule: NoiseSchedule, steps: int, seed: int) -> Denoiser:
-    """Standard DDPM training: predict the noise of ``x_t = sqrt(abar) x0 + sqrt(1-abar) e``."""
-    torch.manual_seed(seed)
-    model = Denoiser().to(data.dtype)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    abar = torch.tensor(schedule.alpha_bars, dtype=data.dtype)
-    for _ in range(steps):
-        x0 = data[torch.randint(len(data), (256,))]
-        t = torch.randint(1, schedule.T + 1, (256,))
-        e = torch.randn_like(x0)
-        a = abar[t - 1][:, None]
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * e
-        # one sample per "step": shape (n=256, 64) with t of shape (256,)
-        loss = torch.mean((model(xt, t) - e) ** 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.requires_grad_(False)
-    return model
+from pcrsolve.bench.paper import train_digits_denoiser
 
 
 def timed(fn, repeat: int = 1):
@@ -136,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"digits: {len(train_idx)} training images of 64 pixels; T = {T}, dtype {args.dtype}, "
           f"torch threads {torch.get_num_threads()}")
 
-    model, t_train = timed(lambda: train(data, schedule, train_steps, args.seed))
+    model, t_train = timed(lambda: train_digits_denoiser(data, schedule, train_steps, args.seed))
     print(f"trained the denoiser for {train_steps} steps in {t_train:.1f} s")
 
     gen = torch.Generator().manual_seed(args.seed + 1)
