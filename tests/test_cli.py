@@ -65,4 +65,7 @@ def test_bench_paper_small(tmp_path, capsys):
     assert {(r["L"], r["w"]) for r in grid} == {(L, w) for L in (16, 64, 256) for w in (1, 4)}
     assert all(r["state_rel_err"] < 1e-4 and r["grad_rel_err"] < 1e-3 for r in grid)
     assert data["b_resnet_digits"]["accuracy_gap"] <= 0.01
+    assert data["c_digits_ddpm"]["max_abs_diff"] <= 1e-4
+    assert data["c_digits_ddpm"]["status"] == "CONVERGED"
+    assert data["d_gru_long_sequence"]["max_abs_diff"] <= 1e-4
     assert (tmp_path / "mlp_speedup_grid.png").exists()
