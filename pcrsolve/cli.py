@@ -50,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tol", type=float, default=None,
                        help="Newton tolerance (default: from the dtype)")
     bench.add_argument("--json", default=None, metavar="FILE", help="write results as JSON")
-    bench.add_argument("--size", default="small", choices=["small", "medium", "full"],
-                       help="bench paper: experiment sizes (full is meant for a GPU)")
+    bench.add_argument("--size", default="small", choices=["tiny", "small", "medium", "full"],
+                       help="bench paper / gpu: problem sizes (full is meant for a GPU)")
+    bench.add_argument("--cases", nargs="*", default=None,
+                       help="bench gpu: subset of cases (diagonal, diagonal-prime, dense, "
+                       "newton, adjoint, gru, ddpm)")
+    bench.add_argument("--no-peers", action="store_true",
+                       help="bench gpu: skip torch associative_scan, accelerated-scan, jax")
     bench.add_argument("--plot", default=None, metavar="DIR", help="bench paper: figures")
     return parser
 

@@ -69,3 +69,21 @@ def test_bench_paper_small(tmp_path, capsys):
     assert data["c_digits_ddpm"]["status"] == "CONVERGED"
     assert data["d_gru_long_sequence"]["max_abs_diff"] <= 1e-4
     assert (tmp_path / "mlp_speedup_grid.png").exists()
+
+
+def test_bench_gpu_runs_every_case_at_tiny_size(tmp_path, capsys):
+    # on a CPU the GPU suite runs at tiny sizes so that it stays ready for a GPU; the CUDA
+    # graph contenders are skipped with their reason, every pcrsolve contender is checked
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path / "gpu.json"
+    assert main(["bench", "gpu", "--size", "tiny", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    cases = {c["case"]: c for c in data["cases"]}
+    assert len(cases) == 7
+    for case in cases.values():
+        ours = [r for r in case["results"] if r["name"].startswith("pcrsolve")]
+        assert ours and all(r["median_s"] is not None for r in ours), case["case"]
+        assert all(r["rel_error"] is None or r["rel_error"] < 1e-4 for r in ours), case["case"]
+        if not data["machine"].count("GPU"):
+            assert all(r["median_s"] is None for r in case["results"] if "CUDA graph" in r["name"])

@@ -3,10 +3,7 @@ sequential loop with every parallel method on the same problem."""
 
 from __future__ import annotations
 
-from . import linear, newton  # noqa: F401  (register the suites)
+from . import gpu, linear, newton, paper  # noqa: F401  (register the suites)
 from .harness import SUITES, Report, Row, Workspace, measure, suite
-from .paper import run_paper
-
-SUITES["paper"] = run_paper  # type: ignore[assignment]
 
 __all__ = ["SUITES", "Report", "Row", "Workspace", "measure", "suite"]
