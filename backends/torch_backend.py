@@ -71,13 +71,14 @@ class TorchBackend(Backend):
                          seq_flop_time=1e-9, par_flop_time=1.5e-10, elementwise_time=2.5e-9)
 
     def fast_linear(self, system: Any) -> Any:
-        """The Triton chunked-scan kernel for diagonal and scalar systems, where it runs.
+        """The Triton chunked-scan kernels (diagonal, scalar, dense with w <= 16), where they run.
 
         Needs Triton and a CUDA device (or ``TRITON_INTERPRET=1`` on the CPU, for testing);
         inputs that require grad keep the generic (differentiable) path.
         """
-        if system.structure.name not in ("diagonal", "scalar"):
-            return None
+        dense = system.structure.name == "dense"
+        if dense and system.width > 16:
+            return None  # wider blocks do not fit in registers: the generic path
         if torch.is_grad_enabled() and any(
                 isinstance(t, torch.Tensor) and t.requires_grad
                 for t in (system.A, system.b, system.x0)):
@@ -88,6 +89,11 @@ class TorchBackend(Backend):
 
         if not available(torch.device(system.device)):
             return None
+        if dense:
+            from .triton_dense import dense_scan
+
+            return lambda: dense_scan(system.A, system.b, system.x0, reverse=system.reverse,
+                                      out_dtype=system.dtype)
         return lambda: diagonal_scan(
             system.A, system.b, system.x0, scalar=system.structure.name == "scalar",
             reverse=system.reverse, out_dtype=system.dtype)

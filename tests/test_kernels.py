@@ -66,8 +66,32 @@ def test_kernel_agrees_with_generic_path_and_zero_length(rng):
     del x0
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32],
+                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("w", [1, 3, 4, 16])
+def test_dense_kernel_matches_reference(rng, w, reverse, dtype):
+    L = int(rng.choice([1, 7, 45]))
+    A, b, x0 = random_system(rng, "dense", L, w, batch=(2,), scale=1.1)
+    system = pcrsolve.BidiagonalSystem(_t(A, dtype), _t(b, dtype), _t(x0, dtype),
+                                       reverse=reverse)
+    x = pcrsolve.solve_linear(system, method="kernel")
+    ref = reference_solve(*(t.double().cpu().numpy() for t in (system.A, system.b)),
+                          x0=system.x0.double().cpu().numpy(), structure="dense",
+                          reverse=reverse)
+    assert rel_err(x.double().cpu().numpy(), ref) <= TOL[dtype] * 5
+
+
+def test_dense_kernel_recursion_and_shared_blocks(rng):
+    from pcrsolve.backends.triton_dense import dense_scan
+
+    A, b, x0 = random_system(rng, "dense", 50, 2, batch=(3,), a_batch=())
+    x = dense_scan(_t(A, torch.float64), _t(b, torch.float64), _t(x0, torch.float64), chunk=2)
+    assert rel_err(x.cpu().numpy(), reference_solve(A, b, x0, "dense")) <= 1e-13
+
+
 def test_kernel_refuses_what_it_cannot_do(rng):
-    A, b, _ = random_system(rng, "dense", 8, 2)
+    A, b, _ = random_system(rng, "dense", 8, 17)
     dense = pcrsolve.BidiagonalSystem(_t(A, torch.float32), _t(b, torch.float32))
     with pytest.raises(pcrsolve.InputError, match="kernel"):
         pcrsolve.solve_linear(dense, method="kernel")

@@ -52,9 +52,9 @@ def solve_linear(
         ``"sequential"`` is the reference loop; ``"pcr"`` recursive doubling (fewest
         parallel steps); ``"cr"`` work-efficient cyclic reduction; ``"chunked"`` sequential
         inside chunks and parallel across them (least memory); ``"kernel"`` the backend's
-        fused kernel (torch + Triton on a GPU, diagonal/scalar structure). ``"auto"`` picks
-        by ``L``, ``w``, structure and backend (see :func:`choose_method`), and takes the
-        kernel on a GPU where one applies.
+        fused kernel (torch + Triton on a GPU; diagonal, scalar, or dense with w <= 16).
+        ``"auto"`` picks by ``L``, ``w``, structure and backend (see
+        :func:`choose_method`), and takes the kernel on a GPU where one applies.
     chunk_size : int, optional
         Steps per chunk for ``method="chunked"`` (default ``ceil(sqrt(L))``).
 
@@ -92,8 +92,9 @@ def solve_linear(
         if kernel is None:
             raise InputError(
                 "`method='kernel'` needs a fused kernel for this system: diagonal or scalar "
-                "structure, torch tensors on a CUDA device and Triton installed (or "
-                "TRITON_INTERPRET=1 on the CPU); use 'auto' to fall back to the generic path"
+                "structure or dense blocks with w <= 16, torch tensors on a CUDA device and "
+                "Triton installed (or TRITON_INTERPRET=1 on the CPU), and no input that "
+                "requires grad; use 'auto' to fall back to the generic path"
             )
         return kernel()
     if method not in METHODS:
