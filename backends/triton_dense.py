@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_scan import step_of
+
 __all__ = ["MAX_WIDTH", "dense_scan"]
 
 #: widest blocks the kernel keeps in registers
@@ -46,11 +48,7 @@ def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, L, W, n_chunks, a_sb,
     # P starts as the identity
     P = tl.where(rows[:, None] == cols[None, :], 1.0, 0.0).to(ACC)
     for i in range(CHUNK):
-        t = chunk * CHUNK + i
-        if REVERSE:
-            l = L - 1 - t
-        else:
-            l = t
+        t, l = step_of(chunk, i, CHUNK, L, REVERSE)
         live = (rows * 0 + t) < L
         ok = bmask & live[:, None]
         A = tl.load(a_ptr + chain * a_sb + l * W * W + rows[:, None] * W + cols[None, :],

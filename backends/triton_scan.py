@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["available", "diagonal_scan"]
+__all__ = ["available", "diagonal_scan", "step_of"]
 
 
 def available(device: torch.device) -> bool:
@@ -36,6 +36,17 @@ def available(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def step_of(chunk, i, CHUNK: tl.constexpr, L, REVERSE: tl.constexpr):
+    """``(t, l)``: the ``i``-th step of ``chunk`` in walking order, and its index in memory."""
+    t = chunk * CHUNK + i
+    if REVERSE:
+        l = L - 1 - t
+    else:
+        l = t
+    return t, l
 
 
 @triton.jit
@@ -58,11 +69,7 @@ def _chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, L, W, n_chunks, a_sb, a_sl,
         x = tl.zeros((BLOCK_W,), dtype=ACC)
     p = tl.full((BLOCK_W,), 1.0, dtype=ACC)
     for i in range(CHUNK):
-        t = chunk * CHUNK + i
-        if REVERSE:
-            l = L - 1 - t
-        else:
-            l = t
+        t, l = step_of(chunk, i, CHUNK, L, REVERSE)
         ok = mask & ((cols * 0 + t) < L)
         a = tl.load(a_ptr + chain * a_sb + l * a_sl + cols * a_sw, mask=ok, other=1.0)
         b = tl.load(b_ptr + (chain * L + l) * W + cols, mask=ok, other=0.0)
