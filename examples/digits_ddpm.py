@@ -30,7 +30,6 @@ import argparse
 import math
 import pathlib
 import sys
-import time
 
 import numpy as np
 import torch
@@ -38,16 +37,8 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from pcrsolve.adapters.diffusion import NoiseSchedule, sample, sample_sequential
+from pcrsolve.bench.harness import best_time
 from pcrsolve.bench.paper import train_digits_denoiser
-
-
-def timed(fn, repeat: int = 1):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def nn_distance(samples: np.ndarray, train: np.ndarray) -> float:
@@ -86,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"digits: {len(train_idx)} training images of 64 pixels; T = {T}, dtype {args.dtype}, "
           f"torch threads {torch.get_num_threads()}")
 
-    model, t_train = timed(lambda: train_digits_denoiser(data, schedule, train_steps, args.seed))
+    model, t_train = best_time(
+        lambda: train_digits_denoiser(data, schedule, train_steps, args.seed))
     print(f"trained the denoiser for {train_steps} steps in {t_train:.1f} s")
 
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -94,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     z = torch.randn(n_samples, T, 64, generator=gen, dtype=dtype)
 
     with torch.no_grad():
-        seq, t_seq = timed(lambda: sample_sequential(model, x_T, schedule, noise=z), repeat=2)
-        sol, t_par = timed(lambda: sample(model, x_T, schedule, noise=z,
+        seq, t_seq = best_time(lambda: sample_sequential(model, x_T, schedule, noise=z), repeat=2)
+        sol, t_par = best_time(lambda: sample(model, x_T, schedule, noise=z,
                                           jacobian="gaussian", throw=False), repeat=2)
     diff_final = float((sol.states[..., -1, :] - seq[..., -1, :]).abs().max())
     diff_traj = float((sol.states - seq).abs().max())
@@ -112,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = {}
     with torch.no_grad():
         for jac in ("gaussian", "scheduler", "diagonal", "full"):
-            s, t = timed(lambda jac=jac: sample(model, x_T[:n_jac], schedule, noise=z[:n_jac],
+            s, t = best_time(lambda jac=jac: sample(model, x_T[:n_jac], schedule, noise=z[:n_jac],
                                                 jacobian=jac, throw=False,
                                                 max_iter=min(cap, T)))
             d = float((s.states - seq[:n_jac]).abs().max())

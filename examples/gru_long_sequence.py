@@ -35,23 +35,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from pcrsolve.bench.harness import best_time
 
 DEFAULT_T, SMALL_T = 2**14, 256
 
 
 def timed(fn: Callable[[], Any], sync: Callable[[], None], repeat: int) -> tuple[Any, float]:
-    """Run ``fn`` ``repeat`` times; its last result and the best wall time in seconds."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        result = fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return result, best
+    """Best wall time of ``repeat`` runs (see :func:`pcrsolve.bench.harness.best_time`)."""
+    return best_time(fn, repeat, sync)
 
 
 def max_rel_diff(a: Any, b: Any) -> float:

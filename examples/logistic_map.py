@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 import pcrsolve
+from pcrsolve.bench.harness import best_time
 
 DEFAULT_LENGTH = 1 << 14
 SMALL_LENGTH = 256
@@ -79,20 +79,12 @@ def loop(r: float, x0: float, length: int) -> np.ndarray:
     return out
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[Any, float]:
-    """Run ``fn`` ``repeat`` times; its last result and the best wall time in seconds."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return result, best
 
 
 def contracting(r: float, x0: float, length: int, repeat: int) -> bool:
     """Solve the contracting case three ways; True if all agree with the loop."""
     print(f"contracting: r = {r}, x0 = {x0}, L = {length}")
-    ref, t_loop = timed(lambda: loop(r, x0, length), repeat)
+    ref, t_loop = best_time(lambda: loop(r, x0, length), repeat)
     print(f"  {'sequential loop':32s} {t_loop * 1e3:9.2f} ms")
     step, jacobian = logistic(r)
     start = np.array([x0])
@@ -108,7 +100,7 @@ def contracting(r: float, x0: float, length: int, repeat: int) -> bool:
     ok = True
     for name, kwargs in variants.items():
         with np.errstate(over="ignore", invalid="ignore"):
-            sol, t = timed(lambda kw=kwargs: pcrsolve.solve(step, start, length, **kw), repeat)
+            sol, t = best_time(lambda kw=kwargs: pcrsolve.solve(step, start, length, **kw), repeat)
         err = float(np.max(np.abs(sol.states - ref)))
         speedup = f"speed-up {t_loop / t:6.2f}x" if sol.converged else "(failed)"
         print(f"  {name:32s} {t * 1e3:9.2f} ms  {sol.status.name:9s} "

@@ -33,14 +33,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pcrsolve.adapters import ode
+from pcrsolve.bench.harness import best_time
 
 STIFF_LENGTH, STIFF_SMALL = 1 << 17, 4096
 LORENZ_LENGTH, LORENZ_SMALL = 2000, 400
@@ -75,14 +75,6 @@ def lorenz_jac(x: np.ndarray, t: np.ndarray, sigma: float = 10.0, rho: float = 2
                      np.stack([Y, X, -beta * o], axis=-1)], axis=-2)
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[Any, float]:
-    """Run ``fn`` ``repeat`` times; its last result and the best wall time in seconds."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return result, best
 
 
 def agreement(dtype: np.dtype, length: int) -> float:
@@ -104,13 +96,13 @@ def run_stiff(length: int, dtype: np.dtype, repeat: int) -> tuple[bool, dict[str
           f"{np.dtype(dtype).name}")
     # warm-up: one-off costs (imports, caches) are not the solver's
     ode.integrate(stiff, x0, t[:9], method="rk4", g_jac=stiff_jac)
-    ref, t_loop = timed(lambda: ode.integrate_sequential(stiff, x0, t, method="rk4"), repeat)
+    ref, t_loop = best_time(lambda: ode.integrate_sequential(stiff, x0, t, method="rk4"), repeat)
     print(f"  {'sequential loop':30s} {t_loop * 1e3:10.1f} ms")
     tol = agreement(dtype, length)
     ok, sol = True, None
     for name, kw in (("newton, analytic g_jac", dict(g_jac=stiff_jac)),
                      ("newton, finite differences", {})):
-        sol, t_par = timed(
+        sol, t_par = best_time(
             lambda kw=kw: ode.integrate(stiff, x0, t, method="rk4", throw=False, **kw), repeat)
         err = rel_err(sol.states, ref)
         print(f"  {name:30s} {t_par * 1e3:10.1f} ms  {sol.status.name:9s} "
@@ -128,7 +120,7 @@ def run_lorenz(length: int, dtype: np.dtype, small_iter: int) -> dict[str, Any]:
     x0 = np.array([1.0, 1.0, 1.0], dtype=dtype)
     print(f"chaotic: Lorenz, RK4, h = {H}, L = {length} (t up to {t[-1]:g}), "
           f"{np.dtype(dtype).name}")
-    ref, t_loop = timed(lambda: ode.integrate_sequential(lorenz, x0, t, method="rk4"), 1)
+    ref, t_loop = best_time(lambda: ode.integrate_sequential(lorenz, x0, t, method="rk4"), 1)
     print(f"  {'sequential loop':30s} {t_loop * 1e3:10.1f} ms")
     runs = (
         (f"newton, max_iter={small_iter}", dict(max_iter=small_iter, throw=False)),
@@ -138,7 +130,7 @@ def run_lorenz(length: int, dtype: np.dtype, small_iter: int) -> dict[str, Any]:
     sol = None
     with np.errstate(over="ignore", invalid="ignore"):
         for name, kw in runs:
-            sol, t_par = timed(lambda kw=kw: ode.integrate(lorenz, x0, t, method="rk4",
+            sol, t_par = best_time(lambda kw=kw: ode.integrate(lorenz, x0, t, method="rk4",
                                                            g_jac=lorenz_jac, **kw), 1)
             err = rel_err(sol.states, ref)
             extra = (f" (reason {sol.fallback_reason.name})" if sol.fallback_reason else "")

@@ -12,6 +12,7 @@ import math
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from ..backends import get_backend
 
 __all__ = [
     "SUITES",
+    "best_time",
     "Report",
     "Row",
     "Workspace",
@@ -225,6 +227,26 @@ def measure(
         result = fn()
         peak = tracker.stop()
     return result, times, peak
+
+
+def best_time(
+    fn: Callable[[], Any], repeat: int = 1, sync: Callable[[], None] | None = None
+) -> tuple[Any, float]:
+    """Run ``fn`` ``repeat`` times; its last result and the best wall time in seconds.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before and after each run, so that
+    queued device work is timed. The examples use it; the suites use :func:`measure`.
+    """
+    best, result = float("inf"), None
+    for _ in range(max(1, repeat)):
+        if sync is not None:
+            sync()
+        t0 = time.perf_counter()
+        result = fn()
+        if sync is not None:
+            sync()
+        best = min(best, time.perf_counter() - t0)
+    return result, best
 
 
 def relative_error(x: np.ndarray, ref: np.ndarray) -> float:
