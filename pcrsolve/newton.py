@@ -22,10 +22,12 @@ practice in a handful (the modes only change how fast):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from .backends import get_backend
+from .blocks import STRUCTURES
 from .errors import ConvergenceError, InputError, StepFunctionError
 from .jacobians import finite_difference_jvp, jacobian_provider
 from .linear import METHODS, choose_method, solve_linear
@@ -161,14 +163,19 @@ def solve(
     mode : {"newton", "quasi", "picard", "jacobi", "sequential"}, default "newton"
         Which Jacobian the iteration uses (see the module docstring).
     tol : float, optional
-        Relative tolerance ``rtol`` of the stopping rule
-        ``max|X_new - X| <= atol + rtol * max|X_new|`` (per batch element). Default
+        Relative tolerance ``rtol``. A batch element has converged when its residual
+        ``max|f_l(X_{l-1}) - X_l|`` over all steps and its last update ``max|X_new - X|``
+        are both at most ``atol + rtol * max|X|`` (the update test is waived once ``L``
+        iterations have fixed every state, exact in exact arithmetic). Default
         ``sqrt(eps) * 1e-2`` of the dtype, floored at ``50 eps`` (float64: 1.5e-10,
         float32: 6e-6).
     atol : float, optional
-        Absolute tolerance, default equal to ``tol``.
+        Absolute tolerance; default ``tol * max(max|x0|, max|f(X_prev) - X|)`` of the
+        initial guess, per batch element (so it scales with the problem).
     max_iter : int, optional
-        Iteration limit; default ``L`` (undamped iterations are exact after ``L``).
+        Iteration limit; default ``L`` (in exact arithmetic every mode is exact after ``L``
+        iterations; in floating point the stopping rule decides, and on chaotic
+        recurrences rounding errors can keep it from being met: ``MAX_ITER`` then).
     init : array, shape (..., L, w), optional
         Initial guess of the trajectory (a warm start: e.g. the previous training step's
         states). Default: ``x0`` repeated.
@@ -329,13 +336,20 @@ def _iterate(
     prob = _Problem(step, x0w, length, xp, work)
     L = length
     rtol = default_tolerance(work, xp) if tol is None else float(tol)
-    atol = rtol if atol is None else float(atol)
     max_iter = L if max_iter is None else max_iter
 
+    if any(d == 0 for d in prob.batch):  # nothing to solve
+        empty = xp.zeros((*prob.batch, L, prob.w), dtype=out_dtype, device=device_of(x0w))
+        return Solution(empty, Status.CONVERGED, 0, mode=mode, linear_method="none")
     if mode == "sequential":
         states = _sequential(prob)
-        sol = Solution(xp.astype(states, out_dtype, copy=False), Status.CONVERGED, 0,
-                       mode="sequential", linear_method="none")
+        ok = _all_finite(states, xp)
+        sol = Solution(xp.astype(states, out_dtype, copy=False),
+                       Status.CONVERGED if ok else Status.NONFINITE, 0, mode="sequential",
+                       linear_method="none")
+        if not ok and throw:
+            raise ConvergenceError(f"pcrsolve.solve (sequential): {Status.NONFINITE.message}",
+                                   sol)
         return sol
 
     backend = get_backend(xp)
@@ -348,16 +362,24 @@ def _iterate(
     else:
         X = xp.astype(init, work, copy=False)
     Xprev = prob.prev(X)
-    R = prob.step(Xprev) - X
+    F = prob.step(Xprev)
+    R = F - X
     rnorm = _batch_max(R, xp)
     residuals = [float(xp.max(rnorm))]
     updates: list[float] = []
     active = xp.ones(prob.batch, dtype=xp.bool, device=device_of(x0w))
+    # the default absolute tolerance scales with the problem: rtol * max(|x0|, |R_0|)
+    if atol is None:
+        scale = xp.maximum(xp.max(xp.abs(x0w), axis=-1), rnorm)
+        tiny = float(xp.finfo(work).smallest_normal)
+        atol_e = rtol * xp.maximum(scale, xp.full_like(scale, tiny))
+    else:
+        atol_e = xp.full_like(rnorm, float(atol))
     limit = _DIVERGENCE_LIMIT * max(1.0, residuals[0])
     status = Status.MAX_ITER
     method_used = linear_method
     iterations = 0
-    if not _all_finite(R, xp):
+    if not math.isfinite(residuals[0]):
         status = Status.NONFINITE
     elif residuals[0] == 0.0:
         status = Status.CONVERGED
@@ -365,18 +387,24 @@ def _iterate(
     # the "first k states exact after k iterations" property, so this never loses the
     # finite-termination guarantee; gamma = 0 is the Jacobi step X' = f(X_prev).
     gamma = xp.ones(prob.batch, dtype=work, device=device_of(x0w))
-    shape_gamma = (...,) + (None,) * (1 + _BLOCK_NDIM[structure])
+    damped = False  # whether some gamma < 1 (tracked on the host: no sync while False)
+    shape_gamma = (...,) + (None,) * (1 + STRUCTURES[structure].block_ndim)
     J = None
 
     def direction(g: Any) -> Any:
         nonlocal method_used
-        if J is None:
-            return R
-        Jg = J if bool(xp.all(g == 1.0)) else g[shape_gamma] * J
+        Jg = g[shape_gamma] * J if damped else J
         system = BidiagonalSystem(Jg, R, structure=structure, check_finite=False, xp=xp)
         if method_used == "auto":
             method_used = choose_method(system)
         return solve_linear(system, method=method_used)
+
+    def proposal(g: Any) -> Any:
+        """The next iterate: ``X + D``, or exactly ``f(X_prev)`` for Jacobi steps."""
+        if J is None:
+            return F
+        Xn = X + direction(g)
+        return xp.where((g == 0.0)[..., None, None], F, Xn) if damped else Xn
 
     while status is Status.MAX_ITER and iterations < max_iter:
         # one Newton step: D_l = J_l D_{l-1} + R_l, D_0 = 0
@@ -389,9 +417,8 @@ def _iterate(
                         f"`jacobian` must return dtype {work}; got {J.dtype}"
                     )
                 jac_checked = True
-        D = direction(gamma)
         iterations += 1
-        trial, rn = _trial(prob, X, D, xp)
+        trial, rn = _trial(prob, proposal(gamma), xp)
         if damping and J is not None:
             for attempt in range(_MAX_BACKTRACKS):
                 worse = ~(rn <= _GROWTH * rnorm) & active
@@ -399,54 +426,60 @@ def _iterate(
                     break
                 shrink = 0.0 if attempt == _MAX_BACKTRACKS - 1 else 0.125
                 gamma = xp.where(worse, gamma * shrink, gamma)
-                retry, rt = _trial(prob, X, direction(gamma), xp)
+                damped = True
+                retry, rt = _trial(prob, proposal(gamma), xp)
                 trial = _select(worse, retry, trial, xp)
                 rn = xp.where(worse, rt, rn)
-            gamma = xp.minimum(gamma * 4.0 + 1e-3, xp.ones_like(gamma))
+            if damped:
+                gamma = xp.minimum(gamma * 4.0 + 1e-3, xp.ones_like(gamma))
+                damped = bool(xp.any(gamma < 1.0))
         # freeze converged batch elements
         upd = xp.where(active, _batch_max(trial[0] - X, xp), xp.zeros_like(rnorm))
-        X, R, Xprev = _select(active, trial, (X, R, Xprev), xp)
+        X, F, R, Xprev = _select(active, trial, (X, F, R, Xprev), xp)
         rnorm = xp.where(active, rn, rnorm)
         updates.append(float(xp.max(upd)))
         residuals.append(float(xp.max(rnorm)))
-        if not _all_finite(X, xp) or not _all_finite(R, xp):
+        if not (math.isfinite(updates[-1]) and math.isfinite(residuals[-1])):
             status = Status.NONFINITE
             break
-        done = upd <= atol + rtol * _batch_max(X, xp)
-        active = active & ~done
+        # converged: the states satisfy every step to the tolerance, and the iteration has
+        # settled (the last update is as small, or L iterations fixed every state)
+        xmax = _batch_max(X, xp)
+        threshold = atol_e + rtol * xmax
+        settled = (upd <= threshold) | (iterations >= L)
+        active = active & ~((rnorm <= threshold) & settled)
         if not bool(xp.any(active)):
             status = Status.CONVERGED
         elif residuals[-1] > limit:
             status = Status.DIVERGED
-        elif iterations >= L:
-            # exact in exact arithmetic after L undamped iterations (any Jacobian)
-            status = Status.CONVERGED
     converged_mask = ~active if status is not Status.NONFINITE else xp.zeros_like(active)
-    if status is Status.CONVERGED:
-        converged_mask = xp.ones_like(active)
     sol = Solution(xp.astype(X, out_dtype, copy=False), status, iterations, residuals, updates,
                    converged_mask, mode, method_used)
     if status is not Status.CONVERGED and fallback:
+        states = _sequential(prob)
         sol.fallback_reason = status
-        sol.status = Status.FALLBACK
-        sol.states = xp.astype(_sequential(prob), out_dtype, copy=False)
-        sol.converged_mask = xp.ones_like(active)
-        return sol
-    if status is not Status.CONVERGED and throw:
+        if _all_finite(states, xp):
+            sol.status = Status.FALLBACK
+            sol.states = xp.astype(states, out_dtype, copy=False)
+            sol.converged_mask = xp.ones_like(active)
+            return sol
+        sol.status = Status.NONFINITE  # the loop itself overflows: nothing to fall back on
+    if sol.status is not Status.CONVERGED and throw:
+        extra = " The sequential fallback overflowed too." if sol.fallback_reason else ""
         raise ConvergenceError(
             f"pcrsolve.solve ({mode}) stopped after {iterations} iteration(s): "
-            f"{status.message}. Final residual {residuals[-1]:.3e}.",
+            f"{status.message}. Final residual {residuals[-1]:.3e}.{extra}",
             sol,
         )
     return sol
 
 
-def _trial(prob: _Problem, X: Any, D: Any, xp: Any) -> tuple[tuple[Any, Any, Any], Any]:
-    """``(X + D, its residual, its step inputs)`` and the residual's norm per element."""
-    Xn = X + D
+def _trial(prob: _Problem, Xn: Any, xp: Any) -> tuple[tuple[Any, Any, Any, Any], Any]:
+    """``(Xn, f(Xn_prev), its residual, Xn_prev)`` and the residual's norm per element."""
     Xprev = prob.prev(Xn)
-    R = prob.step(Xprev) - Xn
-    return (Xn, R, Xprev), _batch_max(R, xp)
+    F = prob.step(Xprev)
+    R = F - Xn
+    return (Xn, F, R, Xprev), _batch_max(R, xp)
 
 
 def _select(mask: Any, new: tuple[Any, ...], old: tuple[Any, ...], xp: Any) -> tuple[Any, ...]:

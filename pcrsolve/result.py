@@ -32,8 +32,8 @@ class Status(enum.Enum):
 
 
 _MESSAGES = {
-    Status.CONVERGED: "converged: the update fell below atol + rtol * max|X| for every "
-    "batch element",
+    Status.CONVERGED: "converged: the residual max|f_l(x_{l-1}) - x_l| and the last "
+    "update fell below atol + rtol * max|X| for every batch element",
     Status.MAX_ITER: "the iteration did not converge within max_iter iterations; raise "
     "max_iter (mode='newton' is exact after at most L iterations), use mode='newton' instead "
     "of a cheaper Jacobian mode, warm-start with init=, or pass fallback=True to finish "

@@ -54,9 +54,8 @@ def test_first_k_states_exact_after_k_iterations(backend, rng, mode):
                              tol=0.0, atol=0.0)
         got = backend.back(sol.states)
         np.testing.assert_allclose(got[:k], ref[:k], rtol=1e-12, atol=1e-12)
-    sol = pcrsolve.solve(step, backend(x0), prob.L, mode=mode, max_iter=prob.L, tol=0.0,
-                         atol=0.0)
-    assert sol.status is Status.CONVERGED
+    sol = pcrsolve.solve(step, backend(x0), prob.L, mode=mode, max_iter=prob.L)
+    assert sol.status is Status.CONVERGED and sol.iterations <= prob.L
     np.testing.assert_allclose(backend.back(sol.states), ref, rtol=1e-12, atol=1e-12)
 
 
@@ -225,3 +224,46 @@ def test_non_finite_x0_and_integer_x0(rng):
         pcrsolve.solve(step, np.array([1.0, np.nan, 0.0]), 8)
     with pytest.raises(pcrsolve.InputError, match="`x0` must have a real floating dtype"):
         pcrsolve.solve(step, np.ones(3, dtype=np.int64), 8)
+
+
+# -- honest convergence reporting (regressions) -------------------------------------------------
+def test_small_scale_recurrence_is_not_declared_converged_early():
+    # states of size 1e-9: an absolute tolerance of 1e-10 would stop after one Jacobi step
+    step = lambda x, l: 0.9999 * x + 1e-11  # noqa: E731
+    ref = np.zeros(1)
+    for _ in range(1000):
+        ref = 0.9999 * ref + 1e-11
+    for mode in ("jacobi", "newton"):
+        sol = pcrsolve.solve(step, np.zeros(1), 1000, mode=mode)
+        np.testing.assert_allclose(sol.states[-1], ref, rtol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["newton", "jacobi", "quasi"])
+def test_converged_means_small_residual_even_on_chaotic_maps(mode):
+    prob = logistic(3.99, L=200)
+    step = prob.step_for(lambda a: a)
+    sol = pcrsolve.solve(step, np.array([0.3]), prob.L, mode=mode, throw=False)
+    if sol.status is Status.CONVERGED:
+        x = np.asarray(sol.states)[:, 0]
+        prev = np.concatenate([[0.3], x[:-1]])
+        tol = pcrsolve.default_tolerance(np.float64, np)
+        assert np.max(np.abs(3.99 * prev * (1 - prev) - x)) <= 2 * tol * (1 + np.abs(x).max())
+
+
+def test_fallback_and_sequential_report_overflow():
+    def step(x, l):
+        return x * 1e30
+
+    sol = pcrsolve.solve(step, np.ones(2), 20, mode="sequential", throw=False)
+    assert sol.status is Status.NONFINITE and not sol.converged
+    with pytest.raises(pcrsolve.ConvergenceError):
+        pcrsolve.solve(step, np.ones(2), 20, mode="sequential")
+    sol = pcrsolve.solve(step, np.ones(2), 20, max_iter=2, fallback=True, throw=False)
+    assert sol.status is Status.NONFINITE and sol.fallback_reason is not None
+    with pytest.raises(pcrsolve.ConvergenceError, match="fallback overflowed"):
+        pcrsolve.solve(step, np.ones(2), 20, max_iter=2, fallback=True)
+
+
+def test_empty_batch_returns_empty_states():
+    sol = pcrsolve.solve(lambda x, l: np.tanh(x), np.zeros((0, 3)), 5)
+    assert sol.states.shape == (0, 5, 3) and sol.converged

@@ -24,10 +24,10 @@ from ..backends import get_backend
 
 __all__ = [
     "SUITES",
-    "best_time",
     "Report",
     "Row",
     "Workspace",
+    "best_time",
     "machine_description",
     "measure",
     "relative_error",
