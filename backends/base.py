@@ -131,8 +131,8 @@ class Backend:
 
         return jacobian_provider(self.jvp(step), structure, self.xp)
 
-    def check_no_hidden_grad(self, step: Any, x0: Any) -> None:
-        """Raise if ``step`` depends on tensors that require grad but were not passed."""
+    def check_no_hidden_grad(self, step: Any, x0: Any, params: Any = None) -> None:
+        """Raise if ``step`` depends on tensors that require grad but not in ``params``."""
 
     def differentiable_solve(
         self, solve_impl: Any, step: Any, x0: Any, length: int, params: Any, options: dict

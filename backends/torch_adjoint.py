@@ -17,26 +17,9 @@ from typing import Any
 
 import torch
 
-from pcrsolve.errors import InputError
+from .torch_params import param_list
 
 __all__ = ["adjoint_solve"]
-
-
-def _param_list(params: Any) -> list[torch.Tensor]:
-    if params is None:
-        return []
-    if isinstance(params, torch.nn.Module):
-        return [p for p in params.parameters() if p.requires_grad]
-    if isinstance(params, torch.Tensor):
-        return [params]
-    out = list(params)
-    for i, p in enumerate(out):
-        if not isinstance(p, torch.Tensor):
-            raise InputError(
-                f"`params[{i}]` must be a torch.Tensor (or pass an nn.Module); "
-                f"got {type(p).__name__}"
-            )
-    return out
 
 
 class _Adjoint(torch.autograd.Function):
@@ -44,7 +27,6 @@ class _Adjoint(torch.autograd.Function):
     def forward(ctx: Any, run: Any, x0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         sol = run(x0.detach())
         ctx.run = run
-        ctx.solution = sol
         ctx.save_for_backward(x0, sol.states)
         return sol.states
 
@@ -53,15 +35,17 @@ class _Adjoint(torch.autograd.Function):
         import pcrsolve
 
         x0, X = ctx.saved_tensors
-        step, jac_of, params, method = ctx.run.step, ctx.run.jacobian, ctx.run.params, \
-            ctx.run.linear_method
-        G = G.to(X.dtype)
-        Xprev = torch.cat([x0.detach().to(X.dtype).expand(*X.shape[:-2], X.shape[-1])[..., None, :],
+        step, jac_of, params = ctx.run.step, ctx.run.jacobian, ctx.run.params
+        # the step was run in the working dtype (float32 for half-precision states)
+        work = torch.float32 if X.dtype in (torch.float16, torch.bfloat16) else X.dtype
+        X, G = X.to(work), G.to(work)
+        Xprev = torch.cat([x0.detach().to(work).expand(*X.shape[:-2], X.shape[-1])[..., None, :],
                            X[..., :-1, :]], dim=-2)
         idx = torch.arange(X.shape[-2], device=X.device)
         J, structure = jac_of(Xprev, idx)
         system = pcrsolve.BidiagonalSystem(J, G, structure=structure, check_finite=False)
-        lam = pcrsolve.solve_linear(system.transpose(G), method=method)
+        # the backward system is dense whatever the forward mode: let "auto" choose for it
+        lam = pcrsolve.solve_linear(system.transpose(G))
         with torch.enable_grad():
             Xp = Xprev.detach().requires_grad_(True)
             out = step(Xp, idx)
@@ -89,8 +73,6 @@ class _Run:
     def __call__(self, x0: torch.Tensor) -> Any:
         with torch.no_grad():
             self.solution = self.solve_impl(self.step, x0, self.length, **self.options)
-        method = self.solution.linear_method
-        self.linear_method = "auto" if method in ("auto", "none") else method
         return self.solution
 
     def jacobian(self, Xprev: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -136,7 +118,7 @@ def adjoint_solve(
     -------
     pcrsolve.Solution
     """
-    plist = _param_list(params)
+    plist = param_list(params)
     run = _Run(solve_impl, step, length, plist, options)
     states = _Adjoint.apply(run, x0, *plist)
     sol = run.solution

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .base import Backend, CostModel, MemoryTracker
+from .torch_params import param_list as _param_list
 
 __all__ = ["TorchBackend"]
 
@@ -132,20 +133,49 @@ class TorchBackend(Backend):
 
         return jac
 
-    def check_no_hidden_grad(self, step: Any, x0: Any) -> None:
-        """Probe one step: an output that requires grad means hidden parameters."""
+    def check_no_hidden_grad(self, step: Any, x0: Any, params: Any = None) -> None:
+        """Refuse a ``step`` that depends on tensors requiring grad that are not in ``params``.
+
+        One step is evaluated on ``x0`` (detached) and its autograd graph walked back to
+        the leaves; the walk stops at the given parameters (leaf or not). Any other tensor
+        that requires grad would silently get no gradient.
+        """
         if not torch.is_grad_enabled():
             return
+        x = x0.detach()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # the working dtype of half-precision states
         with torch.enable_grad():
-            probe = step(x0.detach()[..., None, :],
-                         torch.zeros(1, dtype=torch.int64, device=x0.device))
-        if isinstance(probe, torch.Tensor) and probe.requires_grad:
+            probe = step(x[..., None, :], torch.zeros(1, dtype=torch.int64, device=x.device))
+        if not (isinstance(probe, torch.Tensor) and probe.requires_grad):
+            return
+        given = _param_list(params)
+        leaves = {id(p) for p in given if p.grad_fn is None}
+        stops = {p.grad_fn for p in given if p.grad_fn is not None}
+        hidden: list[str] = []
+        seen: set[Any] = set()
+        stack = [probe.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen or node in stops:
+                continue
+            seen.add(node)
+            var = getattr(node, "variable", None)  # AccumulateGrad: a leaf tensor
+            if var is not None:
+                if id(var) not in leaves:
+                    hidden.append(f"a tensor of shape {tuple(var.shape)}")
+                continue
+            stack.extend(fn for fn, _ in node.next_functions)
+        if hidden:
             from pcrsolve.errors import InputError
 
+            what = ("`params` was not given" if not given else
+                    f"they are not among the {len(given)} tensor(s) in `params`")
             raise InputError(
-                "`step` depends on tensors that require grad, but `params` was not given: "
-                "pass them as params=[...] (or params=module) so that gradients reach them "
-                "through the adjoint solve, or call under torch.no_grad() if none are wanted"
+                f"`step` depends on tensors that require grad ({', '.join(hidden[:4])}) but "
+                f"{what}: pass them as params=[...] (or params=module) so that gradients "
+                "reach them through the adjoint solve, or call under torch.no_grad() if "
+                "none are wanted"
             )
 
     def differentiable_solve(

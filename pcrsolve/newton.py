@@ -234,6 +234,8 @@ def solve(
     backend = get_backend(xp)
     _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol, max_iter,
               init, linear_method, xp)
+    if backend.has_autodiff:
+        backend.check_no_hidden_grad(step, x0, params)
     if params is not None or backend.requires_grad(x0):
         if not backend.has_autodiff:
             raise InputError(
@@ -247,8 +249,6 @@ def solve(
                  linear_method=linear_method, fallback=fallback, throw=throw,
                  check_inputs=check_inputs),
         )
-    if backend.has_autodiff:
-        backend.check_no_hidden_grad(step, x0)
     return _solve_impl(step, x0, length, jacobian=jacobian,
                        jacobian_structure=jacobian_structure, jvp=jvp, mode=mode, tol=tol,
                        atol=atol, max_iter=max_iter, init=init, damping=damping,

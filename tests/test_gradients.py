@@ -141,3 +141,34 @@ def test_autodiff_jacobian_vmap_and_fallback_paths_agree(monkeypatch):
 
     monkeypatch.setattr(torch.func, "vmap", no_vmap)
     torch.testing.assert_close(backend.jacobian(step, "dense")(x, l), expect)
+
+
+def test_tensors_missing_from_params_are_refused():
+    W, b = _mlp(8, 3)
+    W.requires_grad_()
+    b.requires_grad_()
+    x0 = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(pcrsolve.InputError, match=r"shape \(8, 3\).*not among the 1"):
+        pcrsolve.solve(_step(W, b), x0, 8, params=[W])  # b forgotten
+    with pytest.raises(pcrsolve.InputError, match="`params` was not given"):
+        pcrsolve.solve(_step(W, b), x0, 8)  # x0 needs grad, W and b not declared
+    # a non-leaf parameter (computed from a leaf) stops the walk: no false alarm
+    W2 = W * 1.0
+    sol = pcrsolve.solve(_step(W2, b), x0, 8, params=[W2, b])
+    sol.states.sum().backward()
+    assert W.grad is not None and b.grad is not None
+
+
+def test_half_precision_states_get_gradients():
+    W, b = _mlp(10, 3, dtype=torch.float32)
+    W.requires_grad_()
+    x0 = torch.randn(2, 3, dtype=torch.bfloat16, requires_grad=True)
+    sol = pcrsolve.solve(_step(W, b), x0, 10, params=[W])
+    assert sol.states.dtype == torch.bfloat16
+    sol.states.float().sum().backward()
+    ref_x0 = x0.detach().float().requires_grad_()
+    W_ref = W.detach().clone().requires_grad_()
+    _loop(W_ref, b, ref_x0).sum().backward()
+    eps = float(torch.finfo(torch.bfloat16).eps)
+    torch.testing.assert_close(W.grad, W_ref.grad, rtol=20 * eps, atol=20 * eps)
+    torch.testing.assert_close(x0.grad.float(), ref_x0.grad, rtol=20 * eps, atol=20 * eps)
