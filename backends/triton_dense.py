@@ -34,7 +34,7 @@ MAX_WIDTH = 16
 def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, L, W, n_chunks, a_sb,
                         CHUNK: tl.constexpr, BW: tl.constexpr, FINAL: tl.constexpr,
                         REVERSE: tl.constexpr, ACC: tl.constexpr):
-    chain = tl.program_id(0)
+    chain = tl.program_id(0).to(tl.int64)  # 64-bit offsets: batches may pass 2^31 elements
     chunk = tl.program_id(1)
     rows = tl.arange(0, BW)
     cols = tl.arange(0, BW)
@@ -98,7 +98,7 @@ def dense_scan(
     n_chain = 1
     for d in batch:
         n_chain *= d
-    acc64 = torch.float64 in (A.dtype, b.dtype)
+    acc64 = torch.float64 in (A.dtype, b.dtype, None if x0 is None else x0.dtype)
     work = torch.float64 if acc64 else torch.float32
     out_dtype = out_dtype or b.dtype
     if L == 0 or n_chain == 0:

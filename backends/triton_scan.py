@@ -58,7 +58,7 @@ def _chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, L, W, n_chunks, a_sb, a_sl,
     FINAL = False: store the chunk's map (P, y) from a zero state into (p_ptr, s_ptr).
     FINAL = True: start from the entering state in s_ptr and store the states in x_ptr.
     """
-    chain = tl.program_id(0)
+    chain = tl.program_id(0).to(tl.int64)  # 64-bit offsets: batches may pass 2^31 elements
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     chunk = tl.program_id(2)
     mask = cols < W
@@ -117,7 +117,7 @@ def diagonal_scan(
     n_chain = 1
     for d in batch:
         n_chain *= d
-    acc64 = torch.float64 in (A.dtype, b.dtype)
+    acc64 = torch.float64 in (A.dtype, b.dtype, None if x0 is None else x0.dtype)
     acc = tl.float64 if acc64 else tl.float32
     work = torch.float64 if acc64 else torch.float32
     out_dtype = out_dtype or b.dtype

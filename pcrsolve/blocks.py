@@ -97,14 +97,6 @@ class Structure:
             return A[..., None] * eye
         return A[..., None, None] * eye
 
-    def flops(self, w: int) -> tuple[int, int]:
-        """Multiply-adds of one ``apply`` and of one ``compose`` for width ``w``."""
-        if self.block_ndim == 2:
-            return w * w, w * w * w
-        if self.block_ndim == 1:
-            return w, w
-        return w, 1
-
 
 DENSE = Structure("dense", 2)
 DIAGONAL = Structure("diagonal", 1)

@@ -10,8 +10,9 @@ A Jacobian provider maps ``(x_prev, l)`` (states ``(..., n, w)``, 0-based step i
    diagonal one from the same call without materialising the dense blocks;
 3. the backend's automatic differentiation (``torch.func.jvp`` for torch);
 4. central finite differences, ``(f(x + h v) - f(x - h v)) / 2h`` with
-   ``h = eps^(1/3) max(1, |x|)``: accurate to about ``eps^(2/3)`` relative, which slows
-   Newton's convergence only in its last digits (it is an inexact Newton method).
+   ``h = eps^(1/3) max(1, max_w |x|)`` per state (per batch element and step): accurate
+   to about ``eps^(2/3)`` relative, which slows Newton's convergence only in its last
+   digits (it is an inexact Newton method).
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def finite_difference_jvp(step: Callable[[Any, Any], Any], xp: Any) -> JVP:
 
     def jvp(x: Any, l: Any, v: Any) -> Any:
         eps = float(xp.finfo(x.dtype).eps)
-        scale = max(1.0, float(xp.max(xp.abs(x)))) if x.size else 1.0
-        h = eps ** (1.0 / 3.0) * scale
         x, v = xp.broadcast_arrays(x, v)
+        # one step size per state: eps^(1/3) * max(1, max_w |x|), shape (..., n, 1)
+        scale = xp.max(xp.abs(x), axis=-1, keepdims=True)
+        h = eps ** (1.0 / 3.0) * xp.maximum(scale, xp.ones_like(scale))
         both = xp.stack([x + h * v, x - h * v], axis=0)
         out = step(both, l)
         return (out[0, ...] - out[1, ...]) / (2.0 * h)

@@ -23,6 +23,7 @@ practice in a handful (the modes only change how fast):
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -92,7 +93,19 @@ def _jacobian_blocks(
     if jacobian is not None:
         if jacobian_structure == "diagonal" or want == "dense":
             return jacobian, jacobian_structure
-        return (lambda X, l: xp.linalg.diagonal(jacobian(X, l))), "diagonal"
+
+        def diagonal_of(X: Any, l: Any) -> Any:
+            J = jacobian(X, l)
+            if J.ndim < 2 or tuple(J.shape[-2:]) != (X.shape[-1], X.shape[-1]):
+                raise StepFunctionError(
+                    f"`jacobian` must return dense blocks (..., n, {X.shape[-1]}, "
+                    f"{X.shape[-1]}) with the default jacobian_structure='dense'; got shape "
+                    f"{tuple(J.shape)}. If it returns diagonals, pass "
+                    "jacobian_structure='diagonal'."
+                )
+            return xp.linalg.diagonal(J)
+
+        return diagonal_of, "diagonal"
     if jvp is None and backend.has_autodiff:
         return backend.jacobian(step, want), want
     if jvp is None:
@@ -101,7 +114,7 @@ def _jacobian_blocks(
 
 
 def _check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int) -> None:
-    tail = {"dense": (L, w, w), "diagonal": (L, w), "scalar": (L,)}[structure]
+    tail = (L, *STRUCTURES[structure].block_shape(w))
     ok = J.ndim >= len(tail) and tuple(J.shape[J.ndim - len(tail):]) == tail
     if ok:
         jb = tuple(J.shape[: J.ndim - len(tail)])
@@ -110,9 +123,12 @@ def _check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int
         )
     if not ok:
         shown = ", ".join(map(str, tail))
+        other = {"dense": "diagonal", "diagonal": "dense"}.get(structure)
+        hint = (f" If it returns {other} blocks, pass jacobian_structure={other!r}."
+                if other else "")
         raise StepFunctionError(
             f"`jacobian` must return shape (..., {shown}) ({structure} blocks, batch dims "
-            f"broadcasting to {batch}); got {tuple(J.shape)}"
+            f"broadcasting to {batch}); got {tuple(J.shape)}.{hint}"
         )
 
 
@@ -274,14 +290,16 @@ def _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, at
     if x0.ndim < 1 or x0.shape[-1] < 1:
         raise InputError(f"`x0` must have shape (..., w) with w >= 1; got {tuple(x0.shape)}")
     for name, v in (("tol", tol), ("atol", atol)):
-        if v is not None and not (v >= 0):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                              or not v >= 0):
             raise InputError(f"`{name}` must be a number >= 0; got {v!r}")
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int)
                                  or max_iter < 0):
         raise InputError(f"`max_iter` must be an int >= 0; got {max_iter!r}")
-    if linear_method != "auto" and linear_method not in METHODS:
+    if linear_method not in ("auto", "kernel") and linear_method not in METHODS:
         raise InputError(
-            f"`linear_method` must be 'auto' or one of {sorted(METHODS)}; got {linear_method!r}"
+            f"`linear_method` must be 'auto', 'kernel' or one of {sorted(METHODS)}; got "
+            f"{linear_method!r}"
         )
     if init is not None:
         expect = (*x0.shape[:-1], length, x0.shape[-1])

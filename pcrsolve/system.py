@@ -97,6 +97,9 @@ class BidiagonalSystem:
             raise InvalidSystemError(
                 f"`structure` must be one of {sorted(STRUCTURES)}; got {structure!r}"
             )
+        for name, value in (("A", A), ("b", b)):
+            if value is None:
+                raise InvalidSystemError(f"`{name}` is required; got None")
         arrays = {"A": A, "b": b, "x0": x0}
         self.xp = xp = infer_namespace(arrays, xp)
         self.device = shared_device(arrays)
@@ -239,6 +242,12 @@ class BidiagonalSystem:
         BidiagonalSystem
         """
         xp, s = self.xp, self.structure
+        if b is not None and (getattr(b, "ndim", 0) < 2
+                              or tuple(b.shape[-2:]) != (self.length, self.width)):
+            raise InvalidSystemError(
+                f"`b` of the transposed system must have shape (..., {self.length}, "
+                f"{self.width}); got {tuple(getattr(b, 'shape', ()))}"
+            )
         At = s.transpose(self.A, xp)
         if self.length:
             zero = s.zeros(s.batch_shape(At), 1, self.width, At, xp)

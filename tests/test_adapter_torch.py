@@ -163,3 +163,16 @@ def test_bad_layers():
         LayerStack([nn.Linear(2, 2)], jacobian="magic")
     with pytest.raises(pcrsolve.InputError, match="analytic"):
         LayerStack([_Block(2), _Block(2)], jacobian="analytic")
+
+
+def test_half_precision_model():
+    layers = _layers(nn.Tanh, 16, 4, dtype=torch.float32)
+    par = ParallelSequential(layers).to(torch.bfloat16)
+    x = torch.randn(3, 4, dtype=torch.bfloat16)
+    y = par(x)
+    assert y.dtype == torch.bfloat16
+    ref = nn.Sequential(*[copy.deepcopy(layer).float() for layer in layers])(x.float())
+    eps = float(torch.finfo(torch.bfloat16).eps)
+    torch.testing.assert_close(y.float(), ref, rtol=8 * eps, atol=8 * eps)
+    y.float().sum().backward()
+    assert layers[0][0].weight.grad is not None

@@ -147,3 +147,18 @@ def test_importing_and_solving_with_numpy_imports_no_gpu_library():
                          check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clean"
+
+
+def test_missing_arrays_and_transpose_rhs_and_chunk_size_forms():
+    A, b, x0 = _ok()
+    with pytest.raises(pcrsolve.InvalidSystemError, match="`A` is required"):
+        pcrsolve.BidiagonalSystem(None, b)
+    with pytest.raises(pcrsolve.InvalidSystemError, match="`b` is required"):
+        pcrsolve.BidiagonalSystem(A, None)
+    system = pcrsolve.BidiagonalSystem(A, b, x0)
+    with pytest.raises(pcrsolve.InvalidSystemError, match=r"`b` of the transposed.*\(4, 5\)"):
+        system.transpose(np.zeros((4, 5)))
+    with pytest.raises(pcrsolve.InputError, match=r"pass method='chunked'.*'auto'"):
+        pcrsolve.solve_linear(system, chunk_size=2)
+    x = pcrsolve.solve_linear(system, method="chunked", chunk_size=np.int64(2))
+    assert x.shape == (4, 3)

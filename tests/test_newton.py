@@ -267,3 +267,17 @@ def test_fallback_and_sequential_report_overflow():
 def test_empty_batch_returns_empty_states():
     sol = pcrsolve.solve(lambda x, l: np.tanh(x), np.zeros((0, 3)), 5)
     assert sol.states.shape == (0, 5, 3) and sol.converged
+
+
+def test_jacobian_structure_hints_and_tolerance_types(rng):
+    prob, step = _mlp(rng)
+    W = prob.params["W"]
+
+    def diag_jac(x, l):
+        return (1 - step(x, l) ** 2) * np.diagonal(W[l], axis1=-2, axis2=-1)
+
+    for mode in ("newton", "quasi"):
+        with pytest.raises(pcrsolve.StepFunctionError, match="jacobian_structure='diagonal'"):
+            pcrsolve.solve(step, np.ones(3), 8, mode=mode, jacobian=diag_jac)
+    with pytest.raises(pcrsolve.InputError, match="`tol` must be a number"):
+        pcrsolve.solve(step, np.ones(3), 8, tol="1e-6")

@@ -321,6 +321,10 @@ class ParallelSequential(nn.Module):
             ``(..., w)``, the last layer's output (``(..., L, w)`` with ``return_all``).
         """
         stacked = self.stack.parameters()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # half-precision states are computed in float32 (as pcrsolve.solve does): the
+            # layers' parameters join them there (a differentiable cast)
+            stacked = [p.float() for p in stacked]
         fns = self.stack.functions(stacked)
         L = self.stack.length
         init = None

@@ -12,6 +12,7 @@ method             depth          work (dense)        memory
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from ..backends import get_backend
@@ -85,6 +86,16 @@ def solve_linear(
             f"`system` must be a pcrsolve.BidiagonalSystem; got {type(system).__name__}. "
             "Build one with pcrsolve.BidiagonalSystem(A, b, x0, structure=...)."
         )
+    if chunk_size is not None:
+        if method != "chunked":
+            raise InputError(
+                f"`chunk_size` applies only to method='chunked' (pass method='chunked'); got "
+                f"method={method!r}"
+            )
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
+                or chunk_size < 1:
+            raise InputError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
+        chunk_size = int(chunk_size)
     if method == "auto":
         method = choose_method(system)
     if method == "kernel":
@@ -101,13 +112,6 @@ def solve_linear(
         raise InputError(
             f"`method` must be 'auto', 'kernel' or one of {sorted(METHODS)}; got {method!r}"
         )
-    if chunk_size is not None:
-        if method != "chunked":
-            raise InputError(
-                f"`chunk_size` applies only to method='chunked'; got method={method!r}"
-            )
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise InputError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
     xp = system.xp
     A, b, x0 = system.forward_arrays()
     if method == "chunked":
