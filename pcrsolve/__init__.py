@@ -16,6 +16,7 @@ from .errors import (
     PCRSolveError,
     StepFunctionError,
 )
+from .fixed import iterate, residual
 from .linear import METHODS, choose_method, solve_linear
 from .newton import MODES, default_tolerance, solve
 from .result import Solution, Status
@@ -39,6 +40,8 @@ __all__ = [
     "StepFunctionError",
     "choose_method",
     "default_tolerance",
+    "iterate",
+    "residual",
     "solve",
     "solve_linear",
     "vectorize_step",

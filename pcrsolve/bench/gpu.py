@@ -330,6 +330,17 @@ def _newton_case(B: int, w: int, L: int, timer: _Timer) -> CaseReport:
         _try(report, timer, "pcrsolve newton", lambda: lambda: pcrsolve.solve(
             step, x0, L, jacobian=jac, tol=1e-5).states, ref,
             note=f"{sol.iterations} iterations, linear {sol.linear_method}")
+
+        def captured() -> Any:
+            if not timer.cuda:
+                return None
+            from ..backends.torch_graphs import CapturedNewton
+
+            solver = CapturedNewton(step, x0, L, sol.iterations, jacobian=jac)
+            return lambda: solver(x0)
+
+        _try(report, timer, "pcrsolve newton, one CUDA graph", captured, ref,
+             note=f"needs CUDA; {sol.iterations} fixed iterations")
     return report
 
 

@@ -1,0 +1,94 @@
+"""Newton-PCR captured in one CUDA graph (torch): small problems without launch overhead.
+
+A dynamic :func:`pcrsolve.solve` launches a few dozen kernels per iteration and reads a few
+scalars back to the host to decide whether to go on. For small problems on a GPU those
+launches and round trips cost more than the arithmetic. :class:`CapturedNewton` records a
+fixed number of iterations (:func:`pcrsolve.iterate`, which never synchronises) in one
+CUDA graph once, and then replays it for new initial states: one launch per solve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pcrsolve.errors import InputError
+
+__all__ = ["CapturedNewton"]
+
+
+class CapturedNewton:
+    """A fixed number of Newton-PCR iterations recorded in one CUDA graph.
+
+    Parameters
+    ----------
+    step : callable
+        As in :func:`pcrsolve.solve`. The tensors it closes over are captured by address:
+        update them in place (``.copy_()``, optimiser steps) and the replays see the new
+        values; rebinding them to new tensors is not seen.
+    x0 : torch.Tensor, shape (..., w)
+        An example initial state: later calls must match its shape, dtype and device.
+    length : int
+        ``L``.
+    iterations : int
+        Iterations per solve (e.g. a :func:`pcrsolve.solve`'s ``iterations`` on a
+        representative input, plus a margin). Check results with :func:`pcrsolve.residual`.
+    **kwargs
+        ``jacobian``, ``jacobian_structure``, ``jvp``, ``mode``, ``linear_method`` as in
+        :func:`pcrsolve.iterate`.
+
+    Notes
+    -----
+    On a CPU (or any non-CUDA device) nothing is captured and each call runs
+    :func:`pcrsolve.iterate` eagerly, so code using this class runs everywhere.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pcrsolve.backends.torch_graphs import CapturedNewton
+    >>> W = torch.randn(64, 4, 4) / 4
+    >>> step = lambda x, l: torch.tanh((W[l] @ x.unsqueeze(-1)).squeeze(-1))
+    >>> solver = CapturedNewton(step, torch.zeros(8, 4), 64, iterations=10)
+    >>> solver(torch.randn(8, 4)).shape
+    torch.Size([8, 64, 4])
+    """
+
+    def __init__(self, step: Any, x0: torch.Tensor, length: int, iterations: int,
+                 **kwargs: Any) -> None:
+        import pcrsolve
+
+        if not isinstance(x0, torch.Tensor):
+            raise InputError(f"`x0` must be a torch.Tensor; got {type(x0).__name__}")
+        self._run = lambda z: pcrsolve.iterate(step, z, length, iterations, **kwargs)
+        self._x0 = x0.detach().clone()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._out: torch.Tensor | None = None
+        if self._x0.device.type == "cuda":
+            with torch.no_grad():
+                side = torch.cuda.Stream(self._x0.device)
+                side.wait_stream(torch.cuda.current_stream(self._x0.device))
+                with torch.cuda.stream(side):
+                    self._run(self._x0)  # warm-up: compilation, autotuning, allocations
+                torch.cuda.current_stream(self._x0.device).wait_stream(side)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self._out = self._run(self._x0)
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        """The states ``(..., L, w)`` after the captured iterations from ``x0``."""
+        if (not isinstance(x0, torch.Tensor) or x0.shape != self._x0.shape
+                or x0.dtype != self._x0.dtype or x0.device != self._x0.device):
+            got = (f"shape {tuple(x0.shape)}, {x0.dtype} on {x0.device}"
+                   if isinstance(x0, torch.Tensor) else type(x0).__name__)
+            raise InputError(
+                f"`x0` must match the captured example (shape {tuple(self._x0.shape)}, "
+                f"{self._x0.dtype} on {self._x0.device}); got {got}"
+            )
+        if self.graph is None:
+            with torch.no_grad():
+                return self._run(x0)
+        self._x0.copy_(x0)
+        self.graph.replay()
+        assert self._out is not None
+        return self._out.clone()

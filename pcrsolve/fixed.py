@@ -1,0 +1,132 @@
+"""A fixed number of Newton-PCR iterations with no host synchronisation.
+
+:func:`pcrsolve.solve` checks convergence after every iteration, which costs a few
+device-to-host transfers per iteration: on a GPU, for small problems, those round trips and
+the kernel launches dominate. :func:`iterate` runs exactly ``iterations`` undamped
+iterations and nothing else: no convergence test, no damping, no finiteness check. Every
+array operation stays on the device, so the whole call can be captured in one CUDA graph
+(:class:`pcrsolve.backends.torch_graphs.CapturedNewton`) and replayed with new inputs.
+
+It is honest only in the way it is used: after ``k`` iterations the first ``k`` states are
+exact whatever happens to the rest, and ``k = L`` gives the whole trajectory exactly (in
+exact arithmetic). Choose ``iterations`` from a :func:`pcrsolve.solve` of a representative
+input (its ``iterations``, plus a margin), and check the result with :func:`residual`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .backends import get_backend
+from .errors import InputError, StepFunctionError
+from .linear import choose_method, solve_linear
+from .namespace import device_of, infer_namespace, working_dtype
+from .newton import _check_blocks, _jacobian_blocks, _Problem, _validate
+from .system import BidiagonalSystem
+
+__all__ = ["iterate", "residual"]
+
+
+def iterate(
+    step: Callable[[Any, Any], Any],
+    x0: Any,
+    length: int,
+    iterations: int,
+    *,
+    jacobian: Callable[[Any, Any], Any] | None = None,
+    jacobian_structure: str = "dense",
+    jvp: Callable[[Any, Any, Any], Any] | None = None,
+    mode: str = "newton",
+    init: Any | None = None,
+    linear_method: str = "auto",
+) -> Any:
+    """Exactly ``iterations`` undamped Newton-PCR iterations, without host synchronisation.
+
+    Parameters
+    ----------
+    step, x0, length, jacobian, jacobian_structure, jvp, init, linear_method
+        As in :func:`pcrsolve.solve`.
+    iterations : int
+        Iterations to run (``>= 0``); ``length`` iterations are exact in exact arithmetic.
+    mode : {"newton", "quasi", "picard", "jacobi"}, default "newton"
+
+    Returns
+    -------
+    array, shape (..., L, w)
+        The states after the last iteration, in the dtype of ``x0``.
+
+    Raises
+    ------
+    InputError
+        For invalid arguments, as :func:`pcrsolve.solve`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pcrsolve
+    >>> step = lambda x, l: np.cos(x)
+    >>> x = pcrsolve.iterate(step, np.zeros(1), 20, 6, jacobian=lambda x, l: -np.sin(x),
+    ...                      jacobian_structure="diagonal", mode="quasi")
+    >>> bool(np.max(np.abs(pcrsolve.residual(step, np.zeros(1), x))) < 1e-8)
+    True
+    """
+    xp = infer_namespace({"x0": x0, "init": init})
+    _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, None, None, None,
+              init, linear_method, xp)
+    if mode == "sequential":
+        raise InputError("`mode` must be an iterative mode for iterate(); got 'sequential'")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise InputError(f"`iterations` must be an int >= 0; got {iterations!r}")
+    work, out_dtype = working_dtype({"x0": x0, "init": init}, xp)
+    x0w = xp.astype(x0, work, copy=False)
+    prob = _Problem(step, x0w, length, xp, work)
+    jac, structure = _jacobian_blocks(mode, step, jacobian, jacobian_structure, jvp,
+                                      get_backend(xp), xp)
+    if init is None:
+        X = xp.broadcast_to(x0w[..., None, :], (*prob.batch, length, prob.w))
+    else:
+        X = xp.astype(init, work, copy=False)
+    method = linear_method
+    for k in range(iterations):
+        Xprev = prob.prev(X)
+        F = prob.step(Xprev)
+        if jac is None:  # Jacobi: X' = f(X_prev), exactly
+            X = F
+            continue
+        J = jac(Xprev, prob.idx)
+        if k == 0:
+            _check_blocks(J, structure, prob.batch, length, prob.w)
+            if J.dtype != work:
+                raise StepFunctionError(f"`jacobian` must return dtype {work}; got {J.dtype}")
+        system = BidiagonalSystem(J, F - X, structure=structure, check_finite=False, xp=xp)
+        if method == "auto":
+            method = choose_method(system)
+        X = X + solve_linear(system, method=method)
+    return xp.astype(X, out_dtype, copy=False)
+
+
+def residual(step: Callable[[Any, Any], Any], x0: Any, states: Any) -> Any:
+    """``f_l(x_{l-1}) - x_l`` for every step: how well ``states`` solve the recurrence.
+
+    Parameters
+    ----------
+    step : callable
+        As in :func:`pcrsolve.solve`.
+    x0 : array, shape (..., w)
+    states : array, shape (..., L, w)
+
+    Returns
+    -------
+    array, shape (..., L, w)
+    """
+    xp = infer_namespace({"x0": x0, "states": states})
+    if states.ndim < 2 or states.shape[-1] != x0.shape[-1]:
+        raise InputError(
+            f"`states` must have shape (..., L, {x0.shape[-1]}); got {tuple(states.shape)}"
+        )
+    x0b = xp.broadcast_to(xp.astype(x0, states.dtype, copy=False),
+                          (*states.shape[:-2], states.shape[-1]))
+    prev = xp.concat([x0b[..., None, :], states[..., :-1, :]], axis=-2)
+    idx = xp.arange(states.shape[-2], dtype=xp.int64, device=device_of(states))
+    return step(prev, idx) - states

@@ -1,0 +1,52 @@
+"""Fixed-iteration Newton (no host syncs) and its CUDA-graph capture (eager on CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from linear_problems import rel_err
+from nonlinear_problems import CONTRACTING, tanh_mlp
+
+import pcrsolve
+
+
+@pytest.mark.parametrize("mode", ["newton", "quasi", "picard", "jacobi"])
+def test_iterate_exactness_and_agreement_with_solve(backend, rng, mode):
+    prob = CONTRACTING["residual" if mode == "picard" else "tanh_mlp"](rng, L=16)
+    step = prob.step_for(backend)
+    x0 = rng.standard_normal((2, prob.w))
+    ref = prob.reference(x0)
+    for k in (1, 5):
+        X = backend.back(pcrsolve.iterate(step, backend(x0), prob.L, k, mode=mode))
+        np.testing.assert_allclose(X[:, :k], ref[:, :k], rtol=1e-12, atol=1e-12)
+    X = pcrsolve.iterate(step, backend(x0), prob.L, prob.L, mode=mode)
+    assert rel_err(backend.back(X), ref) <= 1e-12
+    assert float(np.max(np.abs(backend.back(pcrsolve.residual(step, backend(x0), X))))) < 1e-12
+
+
+def test_iterate_bad_input(rng):
+    prob = tanh_mlp(rng, L=8, w=3)
+    step = prob.step_for(lambda a: a)
+    with pytest.raises(pcrsolve.InputError, match="`iterations`"):
+        pcrsolve.iterate(step, np.ones(3), 8, -1)
+    with pytest.raises(pcrsolve.InputError, match="`mode`"):
+        pcrsolve.iterate(step, np.ones(3), 8, 2, mode="sequential")
+    with pytest.raises(pcrsolve.InputError, match="`states`"):
+        pcrsolve.residual(step, np.ones(3), np.ones((8, 2)))
+
+
+def test_captured_newton_runs_eagerly_off_gpu_and_checks_inputs(rng):
+    torch = pytest.importorskip("torch")
+    from pcrsolve.backends.torch_graphs import CapturedNewton
+
+    prob = tanh_mlp(rng, L=32, w=4)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    step = prob.step_for(lambda a: torch.as_tensor(a, device=device))
+    x0 = torch.randn(3, 4, dtype=torch.float64, device=device)
+    solver = CapturedNewton(step, x0, 32, iterations=12)
+    for _ in range(2):  # new inputs through the same capture
+        x0 = torch.randn(3, 4, dtype=torch.float64, device=device)
+        got = solver(x0).cpu().numpy()
+        assert rel_err(got, prob.reference(x0.cpu().numpy())) <= 1e-10
+    with pytest.raises(pcrsolve.InputError, match="must match the captured example"):
+        solver(torch.randn(2, 4, dtype=torch.float64, device=device))
