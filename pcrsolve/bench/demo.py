@@ -168,9 +168,8 @@ def run_demo(opts: Any) -> int:
           + machine_description(ws.backend, str(ws.device)))
     steps = [lambda: [_linear(ws, 1 << (12 if small else 20), repeat)],
              lambda: [_logistic(ws, 1 << (10 if small else 14), repeat)]]
-    if importlib.util.find_spec("torch") is None:
-        print("  tanh MLP forward/backward: skipped (install torch: pip install torch)")
-    else:
+    skipped = importlib.util.find_spec("torch") is None
+    if not skipped:
         device = opts.device if opts.backend == "torch" else "cpu"
         dtype = "float32" if opts.dtype == "float32" else "float64"
         steps.append(lambda: _mlp(device, dtype, 256 if small else 4096, 4, 8, repeat))
@@ -179,6 +178,8 @@ def run_demo(opts: Any) -> int:
         for r in part():
             print(_format(r))
             records.append(r)
+    if skipped:
+        print("  tanh MLP forward/backward: skipped (install torch: pip install torch)")
     if opts.plot:
         for path in _plot(records, opts.plot):
             print(f"wrote {path}")
