@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_scan import step_of
+from .triton_scan import prepare, step_of
 
 __all__ = ["MAX_WIDTH", "dense_scan"]
 
@@ -93,12 +93,7 @@ def dense_scan(
     L, W = b.shape[-2], b.shape[-1]
     if W > MAX_WIDTH:
         raise ValueError(f"dense_scan handles w <= {MAX_WIDTH}; got w = {W}")
-    batch = torch.broadcast_shapes(A.shape[:-3], b.shape[:-2],
-                                   () if x0 is None else x0.shape[:-1])
-    n_chain = 1
-    for d in batch:
-        n_chain *= d
-    acc64 = torch.float64 in (A.dtype, b.dtype, None if x0 is None else x0.dtype)
+    batch, n_chain, acc64 = prepare(A.shape[:-3], b, x0, A.dtype)
     work = torch.float64 if acc64 else torch.float32
     out_dtype = out_dtype or b.dtype
     if L == 0 or n_chain == 0:

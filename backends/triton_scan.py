@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["available", "diagonal_scan", "step_of"]
+__all__ = ["available", "diagonal_scan", "prepare", "step_of"]
 
 
 def available(device: torch.device) -> bool:
@@ -83,6 +83,17 @@ def _chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, L, W, n_chunks, a_sb, a_sl,
         tl.store(p_ptr + carry, p, mask=mask)
 
 
+def prepare(A_batch: tuple[int, ...], b: torch.Tensor, x0: torch.Tensor | None,
+            A_dtype: torch.dtype) -> tuple[tuple[int, ...], int, bool]:
+    """``(batch, number of chains, accumulate in float64?)`` of a kernel call."""
+    batch = torch.broadcast_shapes(A_batch, b.shape[:-2], () if x0 is None else x0.shape[:-1])
+    n_chain = 1
+    for d in batch:
+        n_chain *= d
+    acc64 = torch.float64 in (A_dtype, b.dtype, None if x0 is None else x0.dtype)
+    return batch, n_chain, acc64
+
+
 def _block_w(W: int) -> int:
     return min(128, triton.next_power_of_2(max(W, 1)))
 
@@ -112,12 +123,7 @@ def diagonal_scan(
     torch.Tensor, shape (..., L, w)
     """
     L, W = b.shape[-2], b.shape[-1]
-    batch = torch.broadcast_shapes(A.shape[: A.ndim - (1 if scalar else 2)], b.shape[:-2],
-                                   () if x0 is None else x0.shape[:-1])
-    n_chain = 1
-    for d in batch:
-        n_chain *= d
-    acc64 = torch.float64 in (A.dtype, b.dtype, None if x0 is None else x0.dtype)
+    batch, n_chain, acc64 = prepare(A.shape[: A.ndim - (1 if scalar else 2)], b, x0, A.dtype)
     acc = tl.float64 if acc64 else tl.float32
     work = torch.float64 if acc64 else torch.float32
     out_dtype = out_dtype or b.dtype
