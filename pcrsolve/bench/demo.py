@@ -20,6 +20,7 @@ from ..linear import choose_method, solve_linear
 from ..newton import solve
 from ..system import BidiagonalSystem
 from .harness import Workspace, machine_description, measure, relative_error
+from .newton import mlp_functions
 
 __all__ = ["run_demo"]
 
@@ -124,18 +125,11 @@ def _mlp(device: str | None, dtype: str, L: int, w: int, batch: int,
     b = ws.asarray(0.5 * rng.standard_normal((L, w))).requires_grad_(True)
     x0 = ws.asarray(rng.standard_normal((batch, w)))
 
-    def step(x: Any, l: Any) -> Any:
-        return torch.tanh(torch.einsum("nij,...nj->...ni", W[l], x) + b[l])
-
-    def jacobian(x: Any, l: Any) -> Any:
-        return (1.0 - step(x, l) ** 2)[..., None] * W[l]
+    fns = mlp_functions(W, b)
+    step, jacobian = fns["step"], fns["jacobian"]
 
     def loop() -> Any:
-        out, x = [], x0
-        for l in range(L):
-            x = torch.tanh(x @ W[l].T + b[l])
-            out.append(x)
-        return torch.stack(out, dim=-2)
+        return fns["loop"](x0)
 
     with torch.no_grad():
         ref, t_ref = _time(ws, loop, repeat)

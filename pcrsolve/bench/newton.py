@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from ..newton import solve
@@ -24,7 +25,7 @@ from .harness import (
     suite,
 )
 
-__all__ = ["run_adjoint", "run_newton", "tanh_mlp"]
+__all__ = ["mlp_functions", "run_adjoint", "run_newton", "tanh_mlp"]
 
 
 def tanh_mlp(ws: Workspace, L: int, w: int, seed: int) -> tuple[Any, Any]:
@@ -34,8 +35,24 @@ def tanh_mlp(ws: Workspace, L: int, w: int, seed: int) -> tuple[Any, Any]:
             ws.asarray(0.5 * rng.standard_normal((L, w))))
 
 
-def _functions(ws: Workspace, W: Any, b: Any) -> dict[str, Any]:
-    xp = ws.xp
+def mlp_functions(W: Any, b: Any) -> dict[str, Any]:
+    """Step, analytic Jacobians and the plain loop of ``x_l = tanh(W_l x_{l-1} + b_l)``.
+
+    Written against the Array API, for any library.
+
+    Parameters
+    ----------
+    W : array, shape (L, w, w)
+    b : array, shape (L, w)
+
+    Returns
+    -------
+    dict
+        ``"step"`` and ``"jacobian"`` (dense) / ``"diag"`` (diagonal) for
+        :func:`pcrsolve.solve`, and ``"loop"``: ``loop(x0) -> (..., L, w)``, the loop a user
+        writes first.
+    """
+    xp = array_api_compat.array_namespace(W, b)
 
     def step(x: Any, l: Any) -> Any:
         Wl = xp.take(W, l, axis=0)
@@ -67,7 +84,7 @@ def run_newton(opts: Any) -> Report:
     """The eager loop vs Newton-PCR in each requested mode (forward pass)."""
     ws = Workspace(opts.backend, opts.device, opts.dtype)
     W, b = tanh_mlp(ws, opts.length, opts.width, opts.seed)
-    fns = _functions(ws, W, b)
+    fns = mlp_functions(W, b)
     x0 = ws.asarray(np.random.default_rng(opts.seed + 1).standard_normal((opts.batch,
                                                                             opts.width)))
     tol = opts.tol
@@ -102,7 +119,7 @@ def run_adjoint(opts: Any) -> Report:
     W, b = tanh_mlp(ws, opts.length, opts.width, opts.seed)
     W.requires_grad_(True)
     b.requires_grad_(True)
-    fns = _functions(ws, W, b)
+    fns = mlp_functions(W, b)
     x0 = ws.asarray(np.random.default_rng(opts.seed + 1).standard_normal((opts.batch,
                                                                             opts.width)))
     weight = torch.randn(opts.batch, opts.length, opts.width, dtype=ws.dtype,

@@ -95,6 +95,7 @@ def mlp_speedup_grid(
     import torch
 
     from ..newton import solve
+    from .newton import mlp_functions
 
     dt = getattr(torch, dtype)
     cells = [(L, w) for L in lengths for w in widths]
@@ -111,18 +112,11 @@ def mlp_speedup_grid(
         W.requires_grad_(True)
         b.requires_grad_(True)
 
-        def step(x: Any, l: Any, W: Any = W, b: Any = b) -> Any:
-            return torch.tanh((W[l] @ x.unsqueeze(-1)).squeeze(-1) + b[l])
+        fns = mlp_functions(W, b)
+        step, jac = fns["step"], fns["jacobian"]
 
-        def jac(x: Any, l: Any, W: Any = W, step: Any = step) -> Any:
-            return (1.0 - step(x, l) ** 2).unsqueeze(-1) * W[l]
-
-        def loop(W: Any = W, b: Any = b, x0: Any = x0, L: int = L) -> Any:
-            out, x = [], x0
-            for l in range(L):
-                x = torch.tanh(x @ W[l].T + b[l])
-                out.append(x)
-            return torch.stack(out, -2)
+        def loop(fns: Any = fns, x0: Any = x0) -> Any:
+            return fns["loop"](x0)
 
         with torch.no_grad():
             ref, t_loop = _median_time(loop, repeat, device)
