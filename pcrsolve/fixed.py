@@ -21,7 +21,7 @@ from typing import Any
 from .backends import get_backend
 from .errors import InputError, StepFunctionError
 from .linear import choose_method, solve_linear
-from .namespace import device_of, infer_namespace, working_dtype
+from .namespace import infer_namespace, working_dtype
 from .newton import _check_blocks, _jacobian_blocks, _Problem, _validate
 from .system import BidiagonalSystem
 
@@ -127,6 +127,5 @@ def residual(step: Callable[[Any, Any], Any], x0: Any, states: Any) -> Any:
         )
     x0b = xp.broadcast_to(xp.astype(x0, states.dtype, copy=False),
                           (*states.shape[:-2], states.shape[-1]))
-    prev = xp.concat([x0b[..., None, :], states[..., :-1, :]], axis=-2)
-    idx = xp.arange(states.shape[-2], dtype=xp.int64, device=device_of(states))
-    return step(prev, idx) - states
+    prob = _Problem(step, x0b, states.shape[-2], xp, states.dtype)
+    return prob.step(prob.prev(states)) - states

@@ -252,24 +252,18 @@ def solve(
               init, linear_method, xp)
     if backend.has_autodiff:
         backend.check_no_hidden_grad(step, x0, params)
+    options = dict(jacobian=jacobian, jacobian_structure=jacobian_structure, jvp=jvp,
+                   mode=mode, tol=tol, atol=atol, max_iter=max_iter, init=init, damping=damping,
+                   linear_method=linear_method, fallback=fallback, throw=throw,
+                   check_inputs=check_inputs)
     if params is not None or backend.requires_grad(x0):
         if not backend.has_autodiff:
             raise InputError(
                 f"`params` (gradients through the solution) need a backend with autodiff; "
                 f"{backend.name} has none"
             )
-        return backend.differentiable_solve(
-            _solve_impl, step, x0, length, params,
-            dict(jacobian=jacobian, jacobian_structure=jacobian_structure, jvp=jvp, mode=mode,
-                 tol=tol, atol=atol, max_iter=max_iter, init=init, damping=damping,
-                 linear_method=linear_method, fallback=fallback, throw=throw,
-                 check_inputs=check_inputs),
-        )
-    return _solve_impl(step, x0, length, jacobian=jacobian,
-                       jacobian_structure=jacobian_structure, jvp=jvp, mode=mode, tol=tol,
-                       atol=atol, max_iter=max_iter, init=init, damping=damping,
-                       linear_method=linear_method, fallback=fallback, throw=throw,
-                       check_inputs=check_inputs)
+        return backend.differentiable_solve(_solve_impl, step, x0, length, params, options)
+    return _solve_impl(step, x0, length, **options)
 
 
 def _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol, max_iter,
