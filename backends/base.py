@@ -105,6 +105,22 @@ class Backend:
         """
         return None
 
+    def fast_factored(self, blocks: Any, b: Any) -> Any:
+        """A fused kernel for ``x_l = J_l x_{l-1} + b_l`` with factored ``J`` (or None).
+
+        Parameters
+        ----------
+        blocks : pcrsolve.factored.Factored
+            ``J_l = diag(scale_l) weight_l + identity I``, never materialised by the kernel.
+        b : array, shape (..., L, w)
+
+        Returns
+        -------
+        callable or None
+            A callable of no arguments returning ``x`` of shape ``(..., L, w)``.
+        """
+        return None
+
     # -- solver selection -----------------------------------------------------------------
     def cost_model(self, device: Any) -> CostModel:
         """Constants for ``method="auto"`` on ``device``."""

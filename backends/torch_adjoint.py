@@ -77,12 +77,16 @@ class _Run:
 
     def jacobian(self, Xprev: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, str]:
         """Dense Jacobian blocks at the solution (exact gradients whatever the mode)."""
+        from pcrsolve.factored import Factored
         from pcrsolve.jacobians import jacobian_provider
 
         opts = self.options
         with torch.no_grad():
             if opts["jacobian"] is not None and opts["jacobian_structure"] == "dense":
-                return opts["jacobian"](Xprev, idx), "dense"
+                J = opts["jacobian"](Xprev, idx)
+                if isinstance(J, Factored):  # the transposed solve takes dense blocks
+                    J = J.dense(_namespace(Xprev))
+                return J, "dense"
             if opts["jvp"] is not None:
                 jac = jacobian_provider(opts["jvp"], "dense", _namespace(Xprev))
             else:

@@ -43,6 +43,25 @@ def torch_jvp(step: Any) -> Any:
     return jvp
 
 
+def _kernel_applies(tensors: tuple[Any, ...], device: Any, dense_width: int | None) -> bool:
+    """Whether a Triton kernel can solve a system of ``tensors`` on ``device``.
+
+    Dense blocks wider than 16 do not fit in registers, inputs that require grad keep the
+    differentiable generic path, and the kernels need Triton and a CUDA device (or
+    ``TRITON_INTERPRET=1`` on the CPU).
+    """
+    if dense_width is not None and dense_width > 16:
+        return False
+    if torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        return False
+    if importlib.util.find_spec("triton") is None:
+        return False
+    from .triton_scan import available
+
+    return available(torch.device(device))
+
+
 class TorchBackend(Backend):
     """Backend for torch tensors."""
 
@@ -78,18 +97,11 @@ class TorchBackend(Backend):
         inputs that require grad keep the generic (differentiable) path.
         """
         dense = system.structure.name == "dense"
-        if dense and system.width > 16:
-            return None  # wider blocks do not fit in registers: the generic path
-        if torch.is_grad_enabled() and any(
-                isinstance(t, torch.Tensor) and t.requires_grad
-                for t in (system.A, system.b, system.x0)):
-            return None  # the kernel has no backward: keep the differentiable generic path
-        if importlib.util.find_spec("triton") is None:
+        if not _kernel_applies((system.A, system.b, system.x0), system.device,
+                               system.width if dense else None):
             return None
-        from .triton_scan import available, diagonal_scan
+        from .triton_scan import diagonal_scan
 
-        if not available(torch.device(system.device)):
-            return None
         if dense:
             from .triton_dense import dense_scan
 
@@ -98,6 +110,15 @@ class TorchBackend(Backend):
         return lambda: diagonal_scan(
             system.A, system.b, system.x0, scalar=system.structure.name == "scalar",
             reverse=system.reverse, out_dtype=system.dtype)
+
+    def fast_factored(self, blocks: Any, b: Any) -> Any:
+        """The Triton dense kernel forming ``diag(s_l) W_l + c I`` in registers (w <= 16)."""
+        if not _kernel_applies((blocks.scale, blocks.weight, b), b.device, b.shape[-1]):
+            return None
+        from .triton_dense import dense_scan
+
+        return lambda: dense_scan(blocks.weight, b, None, scale=blocks.scale,
+                                  identity=blocks.identity, out_dtype=b.dtype)
 
     def requires_grad(self, x: Any) -> bool:
         return isinstance(x, torch.Tensor) and x.requires_grad

@@ -18,6 +18,8 @@ under the Triton interpreter (``TRITON_INTERPRET=1``) for testing.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -31,9 +33,11 @@ MAX_WIDTH = 16
 
 
 @triton.jit
-def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, L, W, n_chunks, a_sb,
-                        CHUNK: tl.constexpr, BW: tl.constexpr, FINAL: tl.constexpr,
-                        REVERSE: tl.constexpr, ACC: tl.constexpr):
+def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, d_ptr, ident, L, W, n_chunks,
+                        a_sb, CHUNK: tl.constexpr, BW: tl.constexpr, FINAL: tl.constexpr,
+                        REVERSE: tl.constexpr, ACC: tl.constexpr, SCALED: tl.constexpr):
+    """One chunk of steps of one chain; block ``l`` is ``diag(d_l) A_l + ident I`` when
+    SCALED (factored Jacobians, formed in registers), else ``A_l``."""
     chain = tl.program_id(0).to(tl.int64)  # 64-bit offsets: batches may pass 2^31 elements
     chunk = tl.program_id(1)
     rows = tl.arange(0, BW)
@@ -53,8 +57,13 @@ def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, L, W, n_chunks, a_sb,
         ok = bmask & live[:, None]
         A = tl.load(a_ptr + chain * a_sb + l * W * W + rows[:, None] * W + cols[None, :],
                     mask=ok, other=0.0).to(ACC)
+        eye = tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
+        if SCALED:
+            d = tl.load(d_ptr + (chain * L + l) * W + rows, mask=rmask & live,
+                        other=0.0).to(ACC)
+            A = d[:, None] * A + ident * eye
         # steps past L act as the identity map
-        A = tl.where(live[:, None], A, tl.where(rows[:, None] == cols[None, :], 1.0, 0.0))
+        A = tl.where(live[:, None], A, eye)
         b = tl.load(b_ptr + (chain * L + l) * W + rows, mask=rmask & live, other=0.0).to(ACC)
         xr = tl.sum(A * x[None, :], axis=1) + b  # indexed by rows
         if FINAL:
@@ -72,19 +81,25 @@ def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, L, W, n_chunks, a_sb,
 def dense_scan(
     A: torch.Tensor, b: torch.Tensor, x0: torch.Tensor | None, *, reverse: bool = False,
     out_dtype: torch.dtype | None = None, chunk: int | None = None,
+    scale: torch.Tensor | None = None, identity: float = 0.0,
 ) -> torch.Tensor:
     """Solve ``x_l = A_l x_{l-1} + b_l`` (or ``x_l = A_l x_{l+1} + b_l``) in two launches.
 
     Parameters
     ----------
     A : torch.Tensor, shape (..., L, w, w)
-        ``w <= MAX_WIDTH``.
+        ``w <= MAX_WIDTH``. Blocks without batch dims are read in place by every chain.
     b : torch.Tensor, shape (..., L, w)
     x0 : torch.Tensor, shape (..., w), optional
     reverse : bool, default False
     out_dtype : torch.dtype, optional
     chunk : int, optional
         Steps per chunk (default about ``sqrt(L)``, at least 16, a power of two).
+    scale : torch.Tensor, shape (..., L, w), optional
+        Factored blocks: step ``l`` uses ``diag(scale_l) A_l + identity I``, formed in
+        registers (see :mod:`pcrsolve.factored`).
+    identity : float, default 0.0
+        Used with ``scale`` only.
 
     Returns
     -------
@@ -93,13 +108,20 @@ def dense_scan(
     L, W = b.shape[-2], b.shape[-1]
     if W > MAX_WIDTH:
         raise ValueError(f"dense_scan handles w <= {MAX_WIDTH}; got w = {W}")
-    batch, n_chain, acc64 = prepare(A.shape[:-3], b, x0, A.dtype)
+    extra = () if scale is None else (scale.shape[:-2],)
+    batch, n_chain, acc64 = prepare(A.shape[:-3], b, x0, A.dtype, *extra)
     work = torch.float64 if acc64 else torch.float32
     out_dtype = out_dtype or b.dtype
     if L == 0 or n_chain == 0:
         return torch.empty((*batch, L, W), dtype=out_dtype, device=b.device)
-    aa = A.expand(*batch, L, W, W).reshape(n_chain, L, W, W).contiguous()
+    if math.prod(A.shape[:-3]) == 1:  # shared blocks: every chain reads the same copy
+        aa, a_sb = A.reshape(L, W, W).contiguous(), 0
+    else:
+        aa = A.expand(*batch, L, W, W).reshape(n_chain, L, W, W).contiguous()
+        a_sb = L * W * W
     bb = b.expand(*batch, L, W).reshape(n_chain, L, W).contiguous()
+    dd = bb if scale is None else scale.expand(*batch, L, W).reshape(n_chain, L, W).contiguous()
+    scaled = scale is not None
     if chunk is None:
         chunk = max(16, triton.next_power_of_2(int(L**0.5)))
     n = triton.cdiv(L, chunk)
@@ -109,8 +131,9 @@ def dense_scan(
     Y = torch.empty((n_chain, n, W), dtype=work, device=b.device)
     x = torch.empty((n_chain, L, W), dtype=out_dtype, device=b.device)
     acc = tl.float64 if acc64 else tl.float32
-    _dense_chunk_kernel[grid](aa, bb, x, P, Y, L, W, n, L * W * W, CHUNK=chunk, BW=bw,
-                              FINAL=False, REVERSE=reverse, ACC=acc)
+    _dense_chunk_kernel[grid](aa, bb, x, P, Y, dd, float(identity), L, W, n, a_sb,
+                              CHUNK=chunk, BW=bw, FINAL=False, REVERSE=reverse, ACC=acc,
+                              SCALED=scaled)
     start0 = (torch.zeros((n_chain, W), dtype=work, device=b.device) if x0 is None
               else x0.expand(*batch, W).reshape(n_chain, W).to(work))
     if n > 1:  # chunk maps: x_end = P x_start + y, a dense recurrence of length n
@@ -118,6 +141,7 @@ def dense_scan(
         starts = torch.cat([start0[:, None, :], ends[:, :-1, :]], dim=1).contiguous()
     else:
         starts = start0[:, None, :].contiguous()
-    _dense_chunk_kernel[grid](aa, bb, x, P, starts, L, W, n, L * W * W, CHUNK=chunk, BW=bw,
-                              FINAL=True, REVERSE=reverse, ACC=acc)
+    _dense_chunk_kernel[grid](aa, bb, x, P, starts, dd, float(identity), L, W, n, a_sb,
+                              CHUNK=chunk, BW=bw, FINAL=True, REVERSE=reverse, ACC=acc,
+                              SCALED=scaled)
     return x.reshape(*batch, L, W)

@@ -84,9 +84,13 @@ def _chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, L, W, n_chunks, a_sb, a_sl,
 
 
 def prepare(A_batch: tuple[int, ...], b: torch.Tensor, x0: torch.Tensor | None,
-            A_dtype: torch.dtype) -> tuple[tuple[int, ...], int, bool]:
-    """``(batch, number of chains, accumulate in float64?)`` of a kernel call."""
-    batch = torch.broadcast_shapes(A_batch, b.shape[:-2], () if x0 is None else x0.shape[:-1])
+            A_dtype: torch.dtype, *more: tuple[int, ...]) -> tuple[tuple[int, ...], int, bool]:
+    """``(batch, number of chains, accumulate in float64?)`` of a kernel call.
+
+    ``more``: batch shapes of further inputs that broadcast with the others.
+    """
+    batch = torch.broadcast_shapes(A_batch, b.shape[:-2], () if x0 is None else x0.shape[:-1],
+                                   *more)
     n_chain = 1
     for d in batch:
         n_chain *= d

@@ -19,11 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import get_backend
-from .errors import InputError, StepFunctionError
-from .linear import choose_method, solve_linear
+from .errors import InputError
+from .factored import solve_direction
 from .namespace import infer_namespace, working_dtype
 from .newton import _check_blocks, _jacobian_blocks, _Problem, _validate
-from .system import BidiagonalSystem
 
 __all__ = ["iterate", "residual"]
 
@@ -96,13 +95,9 @@ def iterate(
             continue
         J = jac(Xprev, prob.idx)
         if k == 0:
-            _check_blocks(J, structure, prob.batch, length, prob.w)
-            if J.dtype != work:
-                raise StepFunctionError(f"`jacobian` must return dtype {work}; got {J.dtype}")
-        system = BidiagonalSystem(J, F - X, structure=structure, check_finite=False, xp=xp)
-        if method == "auto":
-            method = choose_method(system)
-        X = X + solve_linear(system, method=method)
+            _check_blocks(J, structure, prob.batch, length, prob.w, work)
+        D, method = solve_direction(J, F - X, structure, method, xp)
+        X = X + D
     return xp.astype(X, out_dtype, copy=False)
 
 

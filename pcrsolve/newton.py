@@ -30,12 +30,12 @@ from typing import Any
 from .backends import get_backend
 from .blocks import STRUCTURES
 from .errors import ConvergenceError, InputError, StepFunctionError
+from .factored import Factored, solve_direction
 from .jacobians import finite_difference_jvp, jacobian_provider
-from .linear import METHODS, choose_method, solve_linear
+from .linear import METHODS
 from .namespace import check_finite, device_of, infer_namespace, working_dtype
 from .result import Solution, Status
 from .steps import checked
-from .system import BidiagonalSystem
 
 __all__ = ["MODES", "solve"]
 
@@ -46,7 +46,6 @@ _MAX_BACKTRACKS = 4
 # iterations can grow the max-norm residual a hundredfold early on (diffusion samplers), an
 # expanding initial guess grows it by orders of magnitude beyond (the logistic map)
 _GROWTH = 1e4
-_BLOCK_NDIM = {"dense": 2, "diagonal": 1, "scalar": 0}
 
 
 def _batch_max(x: Any, xp: Any) -> Any:
@@ -103,7 +102,7 @@ def _jacobian_blocks(
                     f"{tuple(J.shape)}. If it returns diagonals, pass "
                     "jacobian_structure='diagonal'."
                 )
-            return xp.linalg.diagonal(J)
+            return J.diagonal(xp) if isinstance(J, Factored) else xp.linalg.diagonal(J)
 
         return diagonal_of, "diagonal"
     if jvp is None and backend.has_autodiff:
@@ -113,7 +112,23 @@ def _jacobian_blocks(
     return jacobian_provider(jvp, want, xp), want
 
 
-def _check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int) -> None:
+def _check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int,
+                  dtype: Any) -> None:
+    """Raise :class:`StepFunctionError` unless ``J`` holds ``structure`` blocks of ``dtype``."""
+    if isinstance(J, Factored):
+        if structure != "dense":
+            raise StepFunctionError(
+                f"`jacobian` returned Factored blocks, which stand for dense blocks; pass "
+                f"jacobian_structure='dense' (got {structure!r})"
+            )
+        J.check(batch, L, w)
+    else:
+        _check_shape(J, structure, batch, L, w)
+    if J.dtype != dtype:
+        raise StepFunctionError(f"`jacobian` must return dtype {dtype}; got {J.dtype}")
+
+
+def _check_shape(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int) -> None:
     tail = (L, *STRUCTURES[structure].block_shape(w))
     ok = J.ndim >= len(tail) and tuple(J.shape[J.ndim - len(tail):]) == tail
     if ok:
@@ -400,16 +415,13 @@ def _iterate(
     # finite-termination guarantee; gamma = 0 is the Jacobi step X' = f(X_prev).
     gamma = xp.ones(prob.batch, dtype=work, device=device_of(x0w))
     damped = False  # whether some gamma < 1 (tracked on the host: no sync while False)
-    shape_gamma = (...,) + (None,) * (1 + STRUCTURES[structure].block_ndim)
     J = None
 
     def direction(g: Any) -> Any:
         nonlocal method_used
-        Jg = g[shape_gamma] * J if damped else J
-        system = BidiagonalSystem(Jg, R, structure=structure, check_finite=False, xp=xp)
-        if method_used == "auto":
-            method_used = choose_method(system)
-        return solve_linear(system, method=method_used)
+        D, method_used = solve_direction(J, R, structure, method_used, xp,
+                                         g if damped else None)
+        return D
 
     def proposal(g: Any) -> Any:
         """The next iterate: ``X + D``, or exactly ``f(X_prev)`` for Jacobi steps."""
@@ -423,11 +435,7 @@ def _iterate(
         if jac is not None:
             J = jac(Xprev, prob.idx)
             if not jac_checked:
-                _check_blocks(J, structure, prob.batch, L, prob.w)
-                if J.dtype != work:
-                    raise StepFunctionError(
-                        f"`jacobian` must return dtype {work}; got {J.dtype}"
-                    )
+                _check_blocks(J, structure, prob.batch, L, prob.w, work)
                 jac_checked = True
         iterations += 1
         trial, rn = _trial(prob, proposal(gamma), xp)

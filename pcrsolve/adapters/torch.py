@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..factored import Factored
 from ..newton import solve
 from ..result import Solution
 
@@ -221,12 +222,10 @@ class LayerStack:
                 y = act(pre(x, l))
                 return x + y if residual else y
 
-            def jacobian(x: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+            def jacobian(x: torch.Tensor, l: torch.Tensor) -> Factored:
+                # diag(act'(pre)) W_l (+ I): factored, never materialised on the fused path
                 p = pre(x, l)
-                J = dact(p, act(p), act).unsqueeze(-1) * W[l]
-                if residual:
-                    J = J + torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
-                return J
+                return Factored(dact(p, act(p), act), W[l], 1.0 if residual else 0.0)
 
             return {"step": step, "jacobian": jacobian}
 
@@ -334,12 +333,7 @@ class ParallelSequential(nn.Module):
             init = self._init
         kwargs = {"mode": self.mode, "init": init, **self.solve_kwargs}
         if fns["jacobian"] is not None and self.mode in ("newton", "quasi"):
-            if self.mode == "newton":
-                kwargs["jacobian"] = fns["jacobian"]
-            else:
-                jac = fns["jacobian"]
-                kwargs["jacobian"] = lambda z, l: torch.diagonal(jac(z, l), dim1=-2, dim2=-1)
-                kwargs["jacobian_structure"] = "diagonal"
+            kwargs["jacobian"] = fns["jacobian"]  # quasi takes the diagonals itself
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in stacked))
         sol = solve(fns["step"], x, L, params=stacked if needs_grad else None, **kwargs)

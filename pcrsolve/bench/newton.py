@@ -13,6 +13,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from ..factored import Factored
 from ..newton import solve
 from .harness import (
     Report,
@@ -48,8 +49,8 @@ def mlp_functions(W: Any, b: Any) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``"step"`` and ``"jacobian"`` (dense) / ``"diag"`` (diagonal) for
-        :func:`pcrsolve.solve`, and ``"loop"``: ``loop(x0) -> (..., L, w)``, the loop a user
+        ``"step"`` and ``"jacobian"`` (dense) / ``"factored"`` (:class:`Factored`, for the
+        fused kernel) / ``"diag"`` (diagonal) for :func:`pcrsolve.solve`, and ``"loop"``: ``loop(x0) -> (..., L, w)``, the loop a user
         writes first.
     """
     xp = array_api_compat.array_namespace(W, b)
@@ -61,6 +62,9 @@ def mlp_functions(W: Any, b: Any) -> dict[str, Any]:
     def jacobian(x: Any, l: Any) -> Any:
         return (1.0 - step(x, l) ** 2)[..., None] * xp.take(W, l, axis=0)
 
+    def factored(x: Any, l: Any) -> Factored:
+        return Factored(1.0 - step(x, l) ** 2, xp.take(W, l, axis=0))
+
     def diag_jacobian(x: Any, l: Any) -> Any:
         return (1.0 - step(x, l) ** 2) * xp.linalg.diagonal(xp.take(W, l, axis=0))
 
@@ -71,7 +75,8 @@ def mlp_functions(W: Any, b: Any) -> dict[str, Any]:
             out.append(x)
         return xp.stack(out, axis=-2)
 
-    return {"step": step, "jacobian": jacobian, "diag": diag_jacobian, "loop": loop}
+    return {"step": step, "jacobian": jacobian, "factored": factored, "diag": diag_jacobian,
+            "loop": loop}
 
 
 def _problem(opts: Any, ws: Workspace) -> dict[str, Any]:
