@@ -88,3 +88,10 @@ def test_bench_gpu_runs_every_case_at_tiny_size(tmp_path, capsys):
         assert all(r["rel_error"] is None or r["rel_error"] < 1e-4 for r in ours), case["case"]
         if not data["machine"].count("GPU"):
             assert all(r["median_s"] is None for r in case["results"] if "CUDA graph" in r["name"])
+        # every target gets a verdict; at tiny sizes no speed target is judged, and every
+        # agreement target is met
+        verdicts = {v["target"]: v["verdict"] for v in case["verdicts"]}
+        assert verdicts and all(v in ("met", "not judged", "not measured")
+                                for v in verdicts.values()), verdicts
+        assert all(v == "met" for t, v in verdicts.items()
+                   if t.startswith(("agrees", "same outputs", "samples within"))), verdicts

@@ -45,22 +45,48 @@ class Result:
     note: str = ""
 
 
+#: a target's check: ``(met?, detail)``, ``met`` None when something it needs was not measured
+Check = Callable[["CaseReport"], "tuple[bool | None, str]"]
+
+
 @dataclass
 class CaseReport:
-    """One case: its problem, target, reference and contenders."""
+    """One case: its problem, target, reference, contenders and target checks."""
 
     case: str
     problem: dict[str, Any]
     target: str
     reference: str
     results: list[Result] = field(default_factory=list)
+    #: (target text, check) pairs, evaluated by :meth:`verdicts` after the contenders ran
+    targets: list[tuple[str, Check]] = field(default_factory=list)
+    #: False for tiny sizes or a CPU: speed targets are then "not judged"
+    judge_speed: bool = True
+
+    def get(self, name: str) -> Result | None:
+        """The contender called ``name`` if it ran, else None."""
+        return next((r for r in self.results if r.name == name and r.median_s), None)
+
+    def best(self, prefix: str = "pcrsolve") -> Result | None:
+        """The fastest contender whose name starts with ``prefix``."""
+        ran = [r for r in self.results if r.name.startswith(prefix) and r.median_s]
+        return min(ran, key=lambda r: r.median_s or math.inf, default=None)
 
     def ratio(self, name: str, over: str) -> float | None:
         """``time(over) / time(name)``, or None if either is missing."""
-        t = {r.name: r.median_s for r in self.results}
-        if t.get(name) and t.get(over):
-            return t[over] / t[name]
-        return None
+        a, b = self.get(name), self.get(over)
+        return b.median_s / a.median_s if a and b and a.median_s and b.median_s else None
+
+    def verdicts(self) -> list[dict[str, Any]]:
+        """Every target with ``"met"``, ``"missed"`` or ``"not measured"`` and a detail."""
+        out = []
+        for text, check in self.targets:
+            met, detail = check(self)
+            verdict = "not measured" if met is None else ("met" if met else "missed")
+            if met is not None and getattr(check, "timing", False) and not self.judge_speed:
+                verdict = "not judged"  # tiny sizes or no GPU: the timings mean nothing
+            out.append({"target": text, "verdict": verdict, "detail": detail})
+        return out
 
     def table(self) -> str:
         """An aligned text table of the contenders."""
@@ -77,7 +103,71 @@ class CaseReport:
             mem = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.1f} MiB"
             lines.append(f"  {r.name:<34} {r.median_s * 1e3:10.3f} ms  {ratio} vs "
                          f"{self.reference}  err {err:>7}  peak {mem}  {r.note}")
+        for v in self.verdicts():
+            lines.append(f"  -> {v['verdict'].upper():<12} {v['target']}: {v['detail']}")
         return "\n".join(lines)
+
+
+# -- target checks ---------------------------------------------------------------------------
+def faster(than: str, factor: float, ours: str | None = None) -> Check:
+    """``time(than) / time(ours) >= factor``; ``ours`` defaults to the fastest pcrsolve row."""
+
+    def check(rep: CaseReport) -> tuple[bool | None, str]:
+        mine = rep.get(ours) if ours else rep.best()
+        other = rep.get(than)
+        if mine is None or other is None or not (mine.median_s and other.median_s):
+            return None, f"{ours or 'pcrsolve'} or {than} did not run here"
+        r = other.median_s / mine.median_s
+        return r >= factor, f"{r:.2f}x ({mine.name} vs {than}; needs {factor:.3g}x)"
+
+    check.timing = True  # type: ignore[attr-defined]
+    return check
+
+
+def faster_than_any(prefix: str, ours: str | None = None) -> Check:
+    """Faster than every contender whose name starts with ``prefix`` (a peer's variants)."""
+
+    def check(rep: CaseReport) -> tuple[bool | None, str]:
+        mine = rep.get(ours) if ours else rep.best()
+        peer = rep.best(prefix)
+        if mine is None or peer is None or not (mine.median_s and peer.median_s):
+            return None, f"{prefix} did not run here"
+        r = peer.median_s / mine.median_s
+        return r > 1.0, f"{r:.2f}x ({mine.name} vs {peer.name})"
+
+    check.timing = True  # type: ignore[attr-defined]
+    return check
+
+
+def accurate(limit: float, ours: str | None = None) -> Check:
+    """The (fastest) pcrsolve result agrees with the reference to ``limit`` (relative)."""
+
+    def check(rep: CaseReport) -> tuple[bool | None, str]:
+        mine = rep.get(ours) if ours else rep.best()
+        if mine is None or mine.rel_error is None:
+            return None, "no pcrsolve result compared"
+        return mine.rel_error <= limit, f"{mine.rel_error:.1e} ({mine.name}; needs {limit:g})"
+
+    return check
+
+
+def memory(sequential: str, jacobian_bytes: int) -> Check:
+    """Every pcrsolve peak <= 2x the sequential run's peak plus the Jacobians' size."""
+
+    def check(rep: CaseReport) -> tuple[bool | None, str]:
+        seq = rep.get(sequential)
+        ours = [r for r in rep.results if r.name.startswith("pcrsolve") and r.median_s]
+        if seq is None or seq.peak_bytes is None or not ours \
+                or any(r.peak_bytes is None for r in ours):
+            return None, "peak memory is measured on CUDA devices only"
+        bound = 2 * seq.peak_bytes + jacobian_bytes
+        worst = max(ours, key=lambda r: r.peak_bytes or 0)
+        return (worst.peak_bytes or 0) <= bound, (
+            f"worst {worst.name} {(worst.peak_bytes or 0) / 2**20:.1f} MiB; bound "
+            f"{bound / 2**20:.1f} MiB = 2 x {seq.peak_bytes / 2**20:.1f} + Jacobians "
+            f"{jacobian_bytes / 2**20:.1f}")
+
+    return check
 
 
 class _Timer:
@@ -187,6 +277,16 @@ def _diagonal_case(name: str, B: int, D: int, T: int, target: str, timer: _Timer
     system = pcrsolve.BidiagonalSystem(a, b, structure="diagonal", check_finite=False)
     report = CaseReport(name, {"B": B, "D": D, "T": T, "layout": "(B, T, D)"}, target,
                         "addcmul (one pass)")
+    limit = 1.2 if peers else 1.5
+    report.targets = [
+        (f"<= {limit}x one addcmul pass", faster("addcmul (one pass)", 1 / limit,
+                                                   "pcrsolve auto")),
+        ("agrees with the float64 solve", accurate(1e-5, "pcrsolve auto")),
+        ("peak <= 2x one output (the loop's own memory)", memory("addcmul (one pass)", 0)),
+    ]
+    if peers:
+        report.targets.insert(1, ("faster than accelerated-scan",
+                                  faster_than_any("accelerated-scan", "pcrsolve auto")))
     x = torch.empty_like(b)
     _try(report, timer, "addcmul (one pass)", lambda: lambda: torch.addcmul(b, a, x))
     # reference: the generic cyclic reduction in float64 (an independent algorithm)
@@ -254,6 +354,11 @@ def _dense_case(B: int, w: int, L: int, timer: _Timer, peers: bool) -> CaseRepor
     report = CaseReport("dense linear", {"B": B, "w": w, "L": L}, "faster than "
                         "jax.lax.associative_scan; >= 150x the CUDA-graph loop",
                         "loop (CUDA graph)")
+    report.targets = [
+        ("faster than jax.lax.associative_scan", faster_than_any("jax", "pcrsolve auto")),
+        (">= 150x the CUDA-graph loop", faster("loop (CUDA graph)", 150, "pcrsolve auto")),
+        ("peak <= 2x the loop's", memory("loop (eager)", 0)),
+    ]
     out = torch.empty(B, L, w, device=dev)
 
     def loop() -> Any:
@@ -316,28 +421,36 @@ def _newton_case(B: int, w: int, L: int, timer: _Timer) -> CaseReport:
         return out  # a static output buffer, so that the loop can be captured in a graph
 
     fns = mlp_functions(W, b)
-    step, jac = fns["step"], fns["jacobian"]
+    step = fns["step"]
     report = CaseReport("tanh MLP forward (Newton)", {"B": B, "w": w, "L": L},
                         ">= 30x the eager loop, >= 3x the CUDA-graph loop", "loop (eager)")
+    report.targets = [
+        (">= 30x the eager loop", faster("loop (eager)", 30)),
+        (">= 3x the CUDA-graph loop", faster("loop (CUDA graph)", 3)),
+        ("agrees with the loop", accurate(1e-4)),
+        ("peak <= 2x the loop's + Jacobians", memory("loop (eager)", 4 * B * L * w * w)),
+    ]
     with torch.no_grad():
         ref = _try(report, timer, "loop (eager)", lambda: loop)
         _try(report, timer, "loop (CUDA graph)", lambda: _cuda_graph(timer, loop), ref,
              note="needs CUDA")
-        sol = pcrsolve.solve(step, x0, L, jacobian=jac, tol=1e-5)
-        _try(report, timer, "pcrsolve newton", lambda: lambda: pcrsolve.solve(
-            step, x0, L, jacobian=jac, tol=1e-5).states, ref,
-            note=f"{sol.iterations} iterations, linear {sol.linear_method}")
+        # dense Jacobian blocks, and factored ones (diag(1 - y^2) W, fused into the solve)
+        for label, jac in (("", fns["jacobian"]), (" factored", fns["factored"])):
+            sol = pcrsolve.solve(step, x0, L, jacobian=jac, tol=1e-5)
+            _try(report, timer, f"pcrsolve newton{label}", lambda jac=jac: lambda: pcrsolve.solve(
+                step, x0, L, jacobian=jac, tol=1e-5).states, ref,
+                note=f"{sol.iterations} iterations, linear {sol.linear_method}")
 
-        def captured() -> Any:
-            if not timer.cuda:
-                return None
-            from ..backends.torch_graphs import CapturedNewton
+            def captured(jac: Any = jac, n: int = sol.iterations) -> Any:
+                if not timer.cuda:
+                    return None
+                from ..backends.torch_graphs import CapturedNewton
 
-            solver = CapturedNewton(step, x0, L, sol.iterations, jacobian=jac)
-            return lambda: solver(x0)
+                solver = CapturedNewton(step, x0, L, n, jacobian=jac)
+                return lambda: solver(x0)
 
-        _try(report, timer, "pcrsolve newton, one CUDA graph", captured, ref,
-             note=f"needs CUDA; {sol.iterations} fixed iterations")
+            _try(report, timer, f"pcrsolve newton{label}, one CUDA graph", captured, ref,
+                 note=f"needs CUDA; {sol.iterations} fixed iterations")
     return report
 
 
@@ -361,6 +474,15 @@ def _adjoint_case(B: int, w: int, L: int, timer: _Timer) -> CaseReport:
     report = CaseReport("MLP backward (adjoint)", {"B": B, "w": w, "L": L},
                         ">= 200x eager autograd, >= 10x the CUDA-graph loop",
                         "autograd through loop (eager)")
+    report.targets = [
+        (">= 200x eager autograd", faster("autograd through loop (eager)", 200,
+                                          "pcrsolve adjoint")),
+        (">= 10x the CUDA-graph loop", faster("adjoint recurrence loop (CUDA graph)", 10,
+                                              "pcrsolve adjoint")),
+        ("agrees with autograd", accurate(1e-4, "pcrsolve adjoint")),
+        ("peak <= 2x autograd's + Jacobians",
+         memory("autograd through loop (eager)", 4 * B * L * w * w)),
+    ]
     loss_loop = (loop() * weight).sum()
     ref = _try(report, timer, "autograd through loop (eager)", lambda: lambda: torch.autograd.grad(
         loss_loop, [W, b], retain_graph=True)[0])
@@ -404,6 +526,9 @@ def _gru_case(B: int, H: int, T: int, timer: _Timer) -> CaseReport:
     h0 = torch.randn(B, H, device=dev)
     report = CaseReport("GRU", {"B": B, "hidden": H, "T": T},
                         ">= 10x torch.nn.GRU (cuDNN), same outputs to 1e-4", "torch.nn.GRU")
+    report.targets = [(">= 10x torch.nn.GRU", faster("torch.nn.GRU", 10)),
+                      ("same outputs to 1e-4", accurate(1e-4)),
+                      ("peak <= 2x cuDNN's + Jacobians", memory("torch.nn.GRU", 4 * B * T * H * H))]
     with torch.no_grad():
         ref = _try(report, timer, "torch.nn.GRU", lambda: lambda: gru(u, h0[None])[0])
         _try(report, timer, "pcrsolve run_cell", lambda: lambda: run_cell(
@@ -428,6 +553,10 @@ def _ddpm_case(T: int, train_steps: int, n: int, timer: _Timer) -> CaseReport:
     report = CaseReport("DDPM on the digits denoiser", {"T": T, "samples": n},
                         ">= 11x sequential sampling, samples within 1e-3",
                         "sequential sampling")
+    report.targets = [(">= 11x sequential sampling", faster("sequential sampling", 11)),
+                      ("samples within 1e-3", accurate(1e-3)),
+                      ("peak <= 2x sequential + Jacobians",
+                       memory("sequential sampling", 4 * n * T * 64))]
     with torch.no_grad():
         ref = _try(report, timer, "sequential sampling", lambda: lambda: sample_sequential(
             model, x_T, schedule, noise=z)[..., -1, :])
@@ -482,6 +611,7 @@ def run_gpu(opts: Any) -> None:
         if opts.cases and name not in opts.cases:
             continue
         report = build(SIZES[size], timer, not opts.no_peers)
+        report.judge_speed = size == "full" and timer.cuda
         print(report.table())
         reports.append(report)
         if timer.cuda:
@@ -493,6 +623,7 @@ def run_gpu(opts: Any) -> None:
                        "date": time.strftime("%Y-%m-%d"),
                        "cases": [{"case": r.case, "problem": r.problem, "target": r.target,
                                   "reference": r.reference,
-                                  "results": [vars(x) for x in r.results]} for r in reports]},
+                                  "results": [vars(x) for x in r.results],
+                                  "verdicts": r.verdicts()} for r in reports]},
                       fh, indent=1)
         print(f"wrote {opts.json}")
