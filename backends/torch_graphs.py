@@ -34,9 +34,19 @@ class CapturedNewton:
     iterations : int
         Iterations per solve (e.g. a :func:`pcrsolve.solve`'s ``iterations`` on a
         representative input, plus a margin). Check results with :func:`pcrsolve.residual`.
+    check : bool, default True
+        Also compute, inside the graph, every chain's largest residual
+        ``max_l |f_l(x_{l-1}) - x_l|`` (one more step evaluation): after a call,
+        :attr:`residual` holds it on the device and :meth:`converged` compares it with a
+        tolerance, one host synchronisation only when asked.
     **kwargs
         ``jacobian``, ``jacobian_structure``, ``jvp``, ``mode``, ``linear_method`` as in
         :func:`pcrsolve.iterate`.
+
+    Attributes
+    ----------
+    residual : torch.Tensor, shape (...), or None
+        After a call with ``check=True``: the largest residual of each chain.
 
     Notes
     -----
@@ -52,18 +62,28 @@ class CapturedNewton:
     >>> solver = CapturedNewton(step, torch.zeros(8, 4), 64, iterations=10)
     >>> solver(torch.randn(8, 4)).shape
     torch.Size([8, 64, 4])
+    >>> solver.converged(1e-5)
+    True
     """
 
-    def __init__(self, step: Any, x0: torch.Tensor, length: int, iterations: int,
-                 **kwargs: Any) -> None:
+    def __init__(self, step: Any, x0: torch.Tensor, length: int, iterations: int, *,
+                 check: bool = True, **kwargs: Any) -> None:
         import pcrsolve
 
         if not isinstance(x0, torch.Tensor):
             raise InputError(f"`x0` must be a torch.Tensor; got {type(x0).__name__}")
-        self._run = lambda z: pcrsolve.iterate(step, z, length, iterations, **kwargs)
+
+        def run(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            X = pcrsolve.iterate(step, z, length, iterations, **kwargs)
+            if not check:
+                return X, None
+            return X, pcrsolve.residual(step, z, X).abs().amax(dim=(-2, -1))
+
+        self._run = run
         self._x0 = x0.detach().clone()
         self.graph: torch.cuda.CUDAGraph | None = None
-        self._out: torch.Tensor | None = None
+        self._out: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.residual: torch.Tensor | None = None
         if self._x0.device.type == "cuda":
             with torch.no_grad():
                 side = torch.cuda.Stream(self._x0.device)
@@ -87,8 +107,29 @@ class CapturedNewton:
             )
         if self.graph is None:
             with torch.no_grad():
-                return self._run(x0)
+                X, self.residual = self._run(x0)
+            return X
         self._x0.copy_(x0)
         self.graph.replay()
         assert self._out is not None
-        return self._out.clone()
+        X, res = self._out
+        self.residual = None if res is None else res.clone()
+        return X.clone()
+
+    def converged(self, tol: float) -> bool:
+        """Whether every chain of the last call has residual ``<= tol`` (one host sync).
+
+        Parameters
+        ----------
+        tol : float
+            Absolute tolerance on ``max_l |f_l(x_{l-1}) - x_l|``.
+
+        Raises
+        ------
+        InputError
+            Before any call, or when built with ``check=False``.
+        """
+        if self.residual is None:
+            raise InputError("`converged` needs a call first, and a solver built with "
+                             "check=True")
+        return bool((self.residual <= tol).all())

@@ -16,6 +16,7 @@ from .errors import (
     PCRSolveError,
     StepFunctionError,
 )
+from .factored import Factored
 from .fixed import iterate, residual
 from .linear import METHODS, choose_method, solve_linear
 from .newton import MODES, default_tolerance, solve
@@ -31,6 +32,7 @@ __all__ = [
     "BackendMismatchError",
     "BidiagonalSystem",
     "ConvergenceError",
+    "Factored",
     "InputError",
     "InvalidSystemError",
     "NonFiniteError",

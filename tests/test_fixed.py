@@ -48,5 +48,17 @@ def test_captured_newton_runs_eagerly_off_gpu_and_checks_inputs(rng):
         x0 = torch.randn(3, 4, dtype=torch.float64, device=device)
         got = solver(x0).cpu().numpy()
         assert rel_err(got, prob.reference(x0.cpu().numpy())) <= 1e-10
+        # the residual computed with the iterations agrees with pcrsolve.residual
+        want = pcrsolve.residual(step, x0, torch.as_tensor(got, device=device))
+        assert solver.residual.shape == (3,)
+        np.testing.assert_allclose(solver.residual.cpu().numpy(),
+                                   want.abs().amax(dim=(-2, -1)).cpu().numpy(), atol=1e-15)
+        assert solver.converged(1e-10)
+    # too few iterations for a chain of 32 steps: the residual says so
+    short = CapturedNewton(step, x0, 32, iterations=1)
+    short(x0)
+    assert not short.converged(1e-6)
+    with pytest.raises(pcrsolve.InputError, match="check=True"):
+        CapturedNewton(step, x0, 32, iterations=2, check=False).converged(1.0)
     with pytest.raises(pcrsolve.InputError, match="must match the captured example"):
         solver(torch.randn(2, 4, dtype=torch.float64, device=device))
