@@ -50,8 +50,8 @@ def mlp_functions(W: Any, b: Any) -> dict[str, Any]:
     -------
     dict
         ``"step"`` and ``"jacobian"`` (dense) / ``"factored"`` (:class:`Factored`, for the
-        fused kernel) / ``"diag"`` (diagonal) for :func:`pcrsolve.solve`, and ``"loop"``: ``loop(x0) -> (..., L, w)``, the loop a user
-        writes first.
+        fused kernel) / ``"diag"`` (diagonal) for :func:`pcrsolve.solve`, and ``"loop"``:
+        ``loop(x0) -> (..., L, w)``, the loop a user writes first.
     """
     xp = array_api_compat.array_namespace(W, b)
 
