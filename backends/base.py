@@ -88,6 +88,19 @@ class Backend:
         """A monotonic clock in seconds; call :meth:`synchronize` before reading it."""
         return time.perf_counter()
 
+    def host_floats(self, values: Any) -> list[float]:
+        """A 1-d array's values as Python floats, in one device-to-host transfer.
+
+        Parameters
+        ----------
+        values : array, shape (n,)
+
+        Returns
+        -------
+        list of float
+        """
+        return [float(values[i]) for i in range(values.shape[0])]
+
     def memory_tracker(self, device: Any) -> MemoryTracker:
         """A tracker of peak memory on ``device`` (may measure nothing)."""
         return MemoryTracker()

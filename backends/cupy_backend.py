@@ -35,6 +35,10 @@ class CupyBackend(Backend):
 
         cupy.cuda.get_current_stream().synchronize()
 
+    def host_floats(self, values: Any) -> list[float]:
+        """The values in one device-to-host transfer."""
+        return [float(v) for v in values.get().tolist()]  # one synchronisation
+
     def memory_tracker(self, device: Any) -> MemoryTracker:
         return _PoolTracker()
 

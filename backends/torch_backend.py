@@ -76,6 +76,10 @@ class TorchBackend(Backend):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def host_floats(self, values: Any) -> list[float]:
+        """The values in one device-to-host transfer."""
+        return [float(v) for v in values.tolist()]  # one synchronisation
+
     def memory_tracker(self, device: Any) -> MemoryTracker:
         device = torch.device(device)
         if device.type == "cuda":

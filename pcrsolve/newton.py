@@ -430,6 +430,26 @@ def _iterate(
         Xn = X + direction(g)
         return xp.where((g == 0.0)[..., None, None], F, Xn) if damped else Xn
 
+    def _advance(trial: tuple[Any, ...], rn: Any, worse: Any) -> tuple[Any, list[float]]:
+        """Freeze converged elements and take stock, reading the host once per iteration.
+
+        Returns the new ``((X, F, R, Xprev), rnorm, active)`` and, on the host, the largest
+        update, the largest residual, whether any element is still active, and whether any
+        is ``worse``. An element has converged when its states satisfy every step to the
+        tolerance and the iteration has settled (its last update is as small, or ``L``
+        iterations fixed every state).
+        """
+        upd = xp.where(active, _batch_max(trial[0] - X, xp), xp.zeros_like(rnorm))
+        kept = _select(active, trial, (X, F, R, Xprev), xp)
+        rnorm_n = xp.where(active, rn, rnorm)
+        threshold = atol_e + rtol * _batch_max(kept[0], xp)
+        settled = (upd <= threshold) | (iterations >= L)
+        active_n = active & ~((rnorm_n <= threshold) & settled)
+        flags = [xp.any(active_n)] + ([] if worse is None else [xp.any(worse)])
+        stats = xp.stack([xp.max(upd), xp.max(rnorm_n),
+                          *(xp.astype(f, work) for f in flags)])
+        return (kept, rnorm_n, active_n), backend.host_floats(stats)
+
     while status is Status.MAX_ITER and iterations < max_iter:
         # one Newton step: D_l = J_l D_{l-1} + R_l, D_0 = 0
         if jac is not None:
@@ -439,36 +459,33 @@ def _iterate(
                 jac_checked = True
         iterations += 1
         trial, rn = _trial(prob, proposal(gamma), xp)
-        if damping and J is not None:
+        # elements whose residual grew too much take a damped step instead (backtracking)
+        check_worse = damping and J is not None
+        worse = (~(rn <= _GROWTH * rnorm) & active) if check_worse else None
+        new, stats = _advance(trial, rn, worse)
+        if worse is not None and stats[3] > 0.0:  # rare: backtrack, then take stock again
             for attempt in range(_MAX_BACKTRACKS):
-                worse = ~(rn <= _GROWTH * rnorm) & active
-                if not bool(xp.any(worse)):
-                    break
                 shrink = 0.0 if attempt == _MAX_BACKTRACKS - 1 else 0.125
                 gamma = xp.where(worse, gamma * shrink, gamma)
                 damped = True
                 retry, rt = _trial(prob, proposal(gamma), xp)
                 trial = _select(worse, retry, trial, xp)
                 rn = xp.where(worse, rt, rn)
-            if damped:
-                gamma = xp.minimum(gamma * 4.0 + 1e-3, xp.ones_like(gamma))
-                damped = bool(xp.any(gamma < 1.0))
-        # freeze converged batch elements
-        upd = xp.where(active, _batch_max(trial[0] - X, xp), xp.zeros_like(rnorm))
-        X, F, R, Xprev = _select(active, trial, (X, F, R, Xprev), xp)
-        rnorm = xp.where(active, rn, rnorm)
-        updates.append(float(xp.max(upd)))
-        residuals.append(float(xp.max(rnorm)))
+                worse = ~(rn <= _GROWTH * rnorm) & active
+                if attempt == _MAX_BACKTRACKS - 1 or not bool(xp.any(worse)):
+                    break
+            new, stats = _advance(trial, rn, None)
+        if damped:
+            gamma = xp.minimum(gamma * 4.0 + 1e-3, xp.ones_like(gamma))
+            damped = bool(xp.any(gamma < 1.0))
+        (X, F, R, Xprev), rnorm, next_active = new
+        updates.append(stats[0])
+        residuals.append(stats[1])
         if not (math.isfinite(updates[-1]) and math.isfinite(residuals[-1])):
             status = Status.NONFINITE
             break
-        # converged: the states satisfy every step to the tolerance, and the iteration has
-        # settled (the last update is as small, or L iterations fixed every state)
-        xmax = _batch_max(X, xp)
-        threshold = atol_e + rtol * xmax
-        settled = (upd <= threshold) | (iterations >= L)
-        active = active & ~((rnorm <= threshold) & settled)
-        if not bool(xp.any(active)):
+        active = next_active
+        if stats[2] == 0.0:
             status = Status.CONVERGED
         elif residuals[-1] > limit:
             status = Status.DIVERGED
