@@ -102,6 +102,23 @@ __device__ __forceinline__ long long pcr_thread_stride() {
 }
 """
 
+#: the kernels' parameters (the same for both passes), by structure
+_PARAMS = {
+    "diagonal": """const TA* __restrict__ a, const TB* __restrict__ b, TX* __restrict__ x,
+        ACC* __restrict__ p, ACC* __restrict__ s,
+        long long n_chain, long long L, long long n_feat, long long n_chunks,
+        long long chunk, int reverse,
+        long long a_sb, long long a_sl, long long a_sw,
+        long long b_sb, long long b_sl, long long b_sw""",
+    "dense": """const TA* __restrict__ a, const TB* __restrict__ b, TX* __restrict__ x,
+        ACC* __restrict__ p, ACC* __restrict__ s,
+        long long n_chain, long long L, long long n_chunks, long long chunk, int reverse,
+        long long a_sb, long long a_sl, long long a_si, long long a_sj,
+        long long b_sb, long long b_sl, long long b_sw,
+        const TB* __restrict__ d, long long d_sb, long long d_sl, long long d_sw,
+        int scaled, ACC ident""",
+}
+
 _DIAGONAL_BODY = r"""
 // One thread per (chain, chunk, feature), feature fastest:
 //   idx = (chain * n_chunks + chunk) * n_feat + feature,
@@ -109,13 +126,7 @@ _DIAGONAL_BODY = r"""
 // FINAL = false: from a zero state, store the chunk's map x_end = p * x_start + s.
 // FINAL = true:  start from s[idx] (the entering state) and store the states in x.
 template <bool FINAL>
-__device__ __forceinline__ void pcr_diag_chunk(
-        const TA* __restrict__ a, const TB* __restrict__ b, TX* __restrict__ x,
-        ACC* __restrict__ p, ACC* __restrict__ s,
-        long long n_chain, long long L, long long n_feat, long long n_chunks,
-        long long chunk, int reverse,
-        long long a_sb, long long a_sl, long long a_sw,
-        long long b_sb, long long b_sl, long long b_sw) {
+__device__ __forceinline__ void pcr_diag_chunk(PCR_PARAMS) {
     const long long total = n_chain * n_chunks * n_feat;
     for (long long idx = pcr_first_thread(); idx < total; idx += pcr_thread_stride()) {
         const long long col = idx % n_feat;
@@ -145,28 +156,6 @@ __device__ __forceinline__ void pcr_diag_chunk(
         }
     }
 }
-
-extern "C" __global__ void pcr_diag_chunk_map(
-        const TA* __restrict__ a, const TB* __restrict__ b, TX* __restrict__ x,
-        ACC* __restrict__ p, ACC* __restrict__ s,
-        long long n_chain, long long L, long long n_feat, long long n_chunks,
-        long long chunk, int reverse,
-        long long a_sb, long long a_sl, long long a_sw,
-        long long b_sb, long long b_sl, long long b_sw) {
-    pcr_diag_chunk<false>(a, b, x, p, s, n_chain, L, n_feat, n_chunks, chunk, reverse,
-                          a_sb, a_sl, a_sw, b_sb, b_sl, b_sw);
-}
-
-extern "C" __global__ void pcr_diag_chunk_final(
-        const TA* __restrict__ a, const TB* __restrict__ b, TX* __restrict__ x,
-        ACC* __restrict__ p, ACC* __restrict__ s,
-        long long n_chain, long long L, long long n_feat, long long n_chunks,
-        long long chunk, int reverse,
-        long long a_sb, long long a_sl, long long a_sw,
-        long long b_sb, long long b_sl, long long b_sw) {
-    pcr_diag_chunk<true>(a, b, x, p, s, n_chain, L, n_feat, n_chunks, chunk, reverse,
-                         a_sb, a_sl, a_sw, b_sb, b_sl, b_sw);
-}
 """
 
 _DENSE_BODY = r"""
@@ -175,14 +164,7 @@ _DENSE_BODY = r"""
 // p[idx * W * W ...] (row-major). W is a compile-time constant (<= 16). With `scaled`,
 // step l's block is diag(d_l) A_l + ident * I (a factored Jacobian, formed in registers).
 template <bool FINAL>
-__device__ __forceinline__ void pcr_dense_chunk(
-        const TA* __restrict__ a, const TB* __restrict__ b, TX* __restrict__ x,
-        ACC* __restrict__ p, ACC* __restrict__ s,
-        long long n_chain, long long L, long long n_chunks, long long chunk, int reverse,
-        long long a_sb, long long a_sl, long long a_si, long long a_sj,
-        long long b_sb, long long b_sl, long long b_sw,
-        const TB* __restrict__ d, long long d_sb, long long d_sl, long long d_sw,
-        int scaled, ACC ident) {
+__device__ __forceinline__ void pcr_dense_chunk(PCR_PARAMS) {
     const long long total = n_chain * n_chunks;
     for (long long idx = pcr_first_thread(); idx < total; idx += pcr_thread_stride()) {
         const long long c = idx % n_chunks;
@@ -260,32 +242,6 @@ __device__ __forceinline__ void pcr_dense_chunk(
         }
     }
 }
-
-extern "C" __global__ void pcr_dense_chunk_map(
-        const TA* __restrict__ a, const TB* __restrict__ b, TX* __restrict__ x,
-        ACC* __restrict__ p, ACC* __restrict__ s,
-        long long n_chain, long long L, long long n_chunks, long long chunk, int reverse,
-        long long a_sb, long long a_sl, long long a_si, long long a_sj,
-        long long b_sb, long long b_sl, long long b_sw,
-        const TB* __restrict__ d, long long d_sb, long long d_sl, long long d_sw,
-        int scaled, ACC ident) {
-    pcr_dense_chunk<false>(a, b, x, p, s, n_chain, L, n_chunks, chunk, reverse,
-                           a_sb, a_sl, a_si, a_sj, b_sb, b_sl, b_sw,
-                           d, d_sb, d_sl, d_sw, scaled, ident);
-}
-
-extern "C" __global__ void pcr_dense_chunk_final(
-        const TA* __restrict__ a, const TB* __restrict__ b, TX* __restrict__ x,
-        ACC* __restrict__ p, ACC* __restrict__ s,
-        long long n_chain, long long L, long long n_chunks, long long chunk, int reverse,
-        long long a_sb, long long a_sl, long long a_si, long long a_sj,
-        long long b_sb, long long b_sl, long long b_sw,
-        const TB* __restrict__ d, long long d_sb, long long d_sl, long long d_sw,
-        int scaled, ACC ident) {
-    pcr_dense_chunk<true>(a, b, x, p, s, n_chain, L, n_chunks, chunk, reverse,
-                          a_sb, a_sl, a_si, a_sj, b_sb, b_sl, b_sw,
-                          d, d_sb, d_sl, d_sw, scaled, ident);
-}
 """
 
 #: kernel names in the sources, by structure: (pass 1, pass 2)
@@ -330,7 +286,22 @@ def kernel_source(structure: str, a_type: str, b_type: str, out_type: str, acc_t
         body = _DENSE_BODY
     else:
         raise ValueError(f"`structure` must be 'diagonal' or 'dense'; got {structure!r}")
-    return "\n".join(defines) + "\n" + _PRELUDE + body
+    return "\n".join(defines) + "\n" + _PRELUDE + _with_entries(structure, body)
+
+
+def _with_entries(structure: str, body: str) -> str:
+    """``body`` with its parameters filled in and the two ``extern "C"`` entry points.
+
+    Pass 1 and pass 2 are the instantiations ``<false>`` and ``<true>`` of one template.
+    """
+    params = _PARAMS[structure]
+    args = ", ".join(p.split()[-1] for p in params.split(","))
+    impl = {"diagonal": "pcr_diag_chunk", "dense": "pcr_dense_chunk"}[structure]
+    entries = [
+        f'extern "C" __global__ void {name}({params}) {{\n    {impl}<{final}>({args});\n}}\n'
+        for name, final in zip(KERNEL_NAMES[structure], ("false", "true"), strict=True)
+    ]
+    return body.replace("PCR_PARAMS", params) + "\n" + "\n".join(entries)
 
 
 # ---------------------------------------------------------------------------------------------
