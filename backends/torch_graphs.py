@@ -74,10 +74,14 @@ class CapturedNewton:
             raise InputError(f"`x0` must be a torch.Tensor; got {type(x0).__name__}")
 
         def run(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            X = pcrsolve.iterate(step, z, length, iterations, **kwargs)
             if not check:
-                return X, None
-            return X, pcrsolve.residual(step, z, X).abs().amax(dim=(-2, -1))
+                return pcrsolve.iterate(step, z, length, iterations, **kwargs), None
+            # the states in the working dtype (float32 for half precision), as the step
+            # sees them: the residual measures convergence, not the output's rounding
+            zw = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+            X = pcrsolve.iterate(step, zw, length, iterations, **kwargs)
+            res = pcrsolve.residual(step, zw, X).abs().amax(dim=(-2, -1))
+            return X.to(z.dtype), res
 
         self._run = run
         self._x0 = x0.detach().clone()

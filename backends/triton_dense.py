@@ -33,11 +33,13 @@ MAX_WIDTH = 16
 
 
 @triton.jit
-def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, d_ptr, ident, L, W, n_chunks,
-                        a_sb, CHUNK: tl.constexpr, BW: tl.constexpr, FINAL: tl.constexpr,
-                        REVERSE: tl.constexpr, ACC: tl.constexpr, SCALED: tl.constexpr):
-    """One chunk of steps of one chain; block ``l`` is ``diag(d_l) A_l + ident I`` when
-    SCALED (factored Jacobians, formed in registers), else ``A_l``."""
+def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, d_ptr, L, W, n_chunks, a_sb,
+                        CHUNK: tl.constexpr, BW: tl.constexpr, FINAL: tl.constexpr,
+                        REVERSE: tl.constexpr, ACC: tl.constexpr, SCALED: tl.constexpr,
+                        IDENT: tl.constexpr):
+    """One chunk of steps of one chain; block ``l`` is ``diag(d_l) A_l + IDENT I`` when
+    SCALED (factored Jacobians, formed in registers), else ``A_l``. ``IDENT`` is a
+    compile-time constant (usually 0 or 1), kept at full precision."""
     chain = tl.program_id(0).to(tl.int64)  # 64-bit offsets: batches may pass 2^31 elements
     chunk = tl.program_id(1)
     rows = tl.arange(0, BW)
@@ -61,7 +63,7 @@ def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, d_ptr, ident, L, W, n
         if SCALED:
             d = tl.load(d_ptr + (chain * L + l) * W + rows, mask=rmask & live,
                         other=0.0).to(ACC)
-            A = d[:, None] * A + ident * eye
+            A = d[:, None] * A + eye.to(ACC) * IDENT
         # steps past L act as the identity map
         A = tl.where(live[:, None], A, eye)
         b = tl.load(b_ptr + (chain * L + l) * W + rows, mask=rmask & live, other=0.0).to(ACC)
@@ -115,7 +117,7 @@ def dense_scan(
     if L == 0 or n_chain == 0:
         return torch.empty((*batch, L, W), dtype=out_dtype, device=b.device)
     if math.prod(A.shape[:-3]) == 1:  # shared blocks: every chain reads the same copy
-        aa, a_sb = A.reshape(L, W, W).contiguous(), 0
+        aa, a_sb = A.reshape(A.shape[-3:]).expand(L, W, W).contiguous(), 0
     else:
         aa = A.expand(*batch, L, W, W).reshape(n_chain, L, W, W).contiguous()
         a_sb = L * W * W
@@ -131,9 +133,9 @@ def dense_scan(
     Y = torch.empty((n_chain, n, W), dtype=work, device=b.device)
     x = torch.empty((n_chain, L, W), dtype=out_dtype, device=b.device)
     acc = tl.float64 if acc64 else tl.float32
-    _dense_chunk_kernel[grid](aa, bb, x, P, Y, dd, float(identity), L, W, n, a_sb,
-                              CHUNK=chunk, BW=bw, FINAL=False, REVERSE=reverse, ACC=acc,
-                              SCALED=scaled)
+    _dense_chunk_kernel[grid](aa, bb, x, P, Y, dd, L, W, n, a_sb, CHUNK=chunk, BW=bw,
+                              FINAL=False, REVERSE=reverse, ACC=acc, SCALED=scaled,
+                              IDENT=float(identity))
     start0 = (torch.zeros((n_chain, W), dtype=work, device=b.device) if x0 is None
               else x0.expand(*batch, W).reshape(n_chain, W).to(work))
     if n > 1:  # chunk maps: x_end = P x_start + y, a dense recurrence of length n
@@ -141,7 +143,7 @@ def dense_scan(
         starts = torch.cat([start0[:, None, :], ends[:, :-1, :]], dim=1).contiguous()
     else:
         starts = start0[:, None, :].contiguous()
-    _dense_chunk_kernel[grid](aa, bb, x, P, starts, dd, float(identity), L, W, n, a_sb,
-                              CHUNK=chunk, BW=bw, FINAL=True, REVERSE=reverse, ACC=acc,
-                              SCALED=scaled)
+    _dense_chunk_kernel[grid](aa, bb, x, P, starts, dd, L, W, n, a_sb, CHUNK=chunk, BW=bw,
+                              FINAL=True, REVERSE=reverse, ACC=acc, SCALED=scaled,
+                              IDENT=float(identity))
     return x.reshape(*batch, L, W)

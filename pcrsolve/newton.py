@@ -102,7 +102,10 @@ def _jacobian_blocks(
                     f"{tuple(J.shape)}. If it returns diagonals, pass "
                     "jacobian_structure='diagonal'."
                 )
-            return J.diagonal(xp) if isinstance(J, Factored) else xp.linalg.diagonal(J)
+            if isinstance(J, Factored):
+                J.check(tuple(X.shape[:-2]), X.shape[-2], X.shape[-1])
+                return J.diagonal(xp)
+            return xp.linalg.diagonal(J)
 
         return diagonal_of, "diagonal"
     if jvp is None and backend.has_autodiff:

@@ -101,6 +101,8 @@ def test_factored_jacobian_errors():
         run(lambda x, l: Factored(np.ones((3, 10, 2)), W), jacobian_structure="diagonal")
     with pytest.raises(StepFunctionError, match="dtype"):
         run(lambda x, l: Factored(np.ones((3, 10, 2), np.float32), W.astype(np.float32)))
+    with pytest.raises(StepFunctionError, match="weight shape"):  # quasi checks too
+        run(lambda x, l: Factored(np.ones((3, 10, 2)), np.zeros((10, 3, 3))), mode="quasi")
 
 
 # -- the fused Triton kernel (interpreted on a CPU) -------------------------------------------
@@ -114,7 +116,7 @@ def triton_device():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("identity", [0.0, 1.0])
+@pytest.mark.parametrize("identity", [0.0, 1.0, 0.1])
 def test_fused_factored_kernel_matches_dense_solve(rng, triton_device, dtype, identity):
     from pcrsolve.backends.triton_dense import dense_scan
 

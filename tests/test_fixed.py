@@ -60,5 +60,26 @@ def test_captured_newton_runs_eagerly_off_gpu_and_checks_inputs(rng):
     assert not short.converged(1e-6)
     with pytest.raises(pcrsolve.InputError, match="check=True"):
         CapturedNewton(step, x0, 32, iterations=2, check=False).converged(1.0)
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_captured_newton_half_precision_checks_in_float32(rng, half):
+    # the step sees float32 states (the working dtype); the residual is measured there, so it
+    # says whether the iteration converged, not how coarse the half-precision output is
+    torch = pytest.importorskip("torch")
+    from pcrsolve.backends.torch_graphs import CapturedNewton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    W = torch.as_tensor(rng.standard_normal((24, 4, 4)) / 4, dtype=torch.float32,
+                        device=device)
+    step = lambda x, l: torch.tanh((W[l] @ x.unsqueeze(-1)).squeeze(-1))  # noqa: E731
+    x0 = torch.as_tensor(rng.standard_normal((3, 4)), device=device).to(getattr(torch, half))
+    solver = CapturedNewton(step, x0, 24, iterations=24)
+    X = solver(x0)
+    assert X.dtype == x0.dtype and solver.residual.dtype == torch.float32
+    assert solver.converged(1e-5)
+    ref = pcrsolve.solve(step, x0.float(), 24, mode="sequential").states
+    eps = float(torch.finfo(x0.dtype).eps)
+    assert float((X.float() - ref).abs().max()) <= 2 * eps
     with pytest.raises(pcrsolve.InputError, match="must match the captured example"):
         solver(torch.randn(2, 4, dtype=torch.float64, device=device))
