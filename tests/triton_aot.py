@@ -74,10 +74,9 @@ def compile_all() -> dict[str, dict[str, Any]]:
     """Compile every variant; errors are reported per variant, not raised."""
     import triton
     import triton.language as tl
+    from pcrsolve.backends import triton_dense, triton_scan
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    from pcrsolve.backends import triton_dense, triton_scan
 
     modules = {"triton_scan": triton_scan, "triton_dense": triton_dense}
     results: dict[str, dict[str, Any]] = {}
