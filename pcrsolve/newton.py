@@ -433,22 +433,30 @@ def _iterate(
         Xn = X + direction(g)
         return xp.where((g == 0.0)[..., None, None], F, Xn) if damped else Xn
 
+    all_active = True  # whether every batch element is still iterating (host copy)
+
     def _advance(trial: tuple[Any, ...], rn: Any, worse: Any) -> tuple[Any, list[float]]:
         """Freeze converged elements and take stock, reading the host once per iteration.
 
         Returns the new ``((X, F, R, Xprev), rnorm, active)`` and, on the host, the largest
-        update, the largest residual, whether any element is still active, and whether any
-        is ``worse``. An element has converged when its states satisfy every step to the
-        tolerance and the iteration has settled (its last update is as small, or ``L``
-        iterations fixed every state).
+        update, the largest residual, whether any element is still active, whether all
+        are, and whether any is ``worse``. An element has converged when its states satisfy
+        every step to the tolerance and the iteration has settled (its last update is as
+        small, or ``L`` iterations fixed every state). While every element is active (most
+        iterations) nothing needs freezing: the selects are skipped.
         """
-        upd = xp.where(active, _batch_max(trial[0] - X, xp), xp.zeros_like(rnorm))
-        kept = _select(active, trial, (X, F, R, Xprev), xp)
-        rnorm_n = xp.where(active, rn, rnorm)
+        upd = _batch_max(trial[0] - X, xp)
+        if all_active:
+            kept, rnorm_n = trial, rn
+        else:
+            upd = xp.where(active, upd, xp.zeros_like(rnorm))
+            kept = _select(active, trial, (X, F, R, Xprev), xp)
+            rnorm_n = xp.where(active, rn, rnorm)
         threshold = atol_e + rtol * _batch_max(kept[0], xp)
         settled = (upd <= threshold) | (iterations >= L)
         active_n = active & ~((rnorm_n <= threshold) & settled)
-        flags = [xp.any(active_n)] + ([] if worse is None else [xp.any(worse)])
+        flags = [xp.any(active_n), xp.all(active_n)]
+        flags += [] if worse is None else [xp.any(worse)]
         stats = xp.stack([xp.max(upd), xp.max(rnorm_n),
                           *(xp.astype(f, work) for f in flags)])
         return (kept, rnorm_n, active_n), backend.host_floats(stats)
@@ -466,7 +474,7 @@ def _iterate(
         check_worse = damping and J is not None
         worse = (~(rn <= _GROWTH * rnorm) & active) if check_worse else None
         new, stats = _advance(trial, rn, worse)
-        if worse is not None and stats[3] > 0.0:  # rare: backtrack, then take stock again
+        if worse is not None and stats[4] > 0.0:  # rare: backtrack, then take stock again
             for attempt in range(_MAX_BACKTRACKS):
                 shrink = 0.0 if attempt == _MAX_BACKTRACKS - 1 else 0.125
                 gamma = xp.where(worse, gamma * shrink, gamma)
@@ -488,6 +496,7 @@ def _iterate(
             status = Status.NONFINITE
             break
         active = next_active
+        all_active = stats[3] > 0.0
         if stats[2] == 0.0:
             status = Status.CONVERGED
         elif residuals[-1] > limit:
