@@ -52,6 +52,43 @@ def test_kernel_recursion_over_chunks_and_broadcast_batch(rng, chunk):
     assert rel_err(x.cpu().numpy(), reference_solve(A, b, x0, "diagonal")) <= 1e-13
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32],
+                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("passes", [1, 2])
+@pytest.mark.parametrize("structure", ["diagonal", "scalar"])
+def test_one_and_two_pass_tile_scans(rng, structure, passes, dtype):
+    # lengths below, at and across tile boundaries (tiles of 16-256 steps), a prime among
+    # them; widths below and above one feature block; both directions
+    L = int(rng.choice([1, 16, 17, 600, 1009]))
+    w = int(rng.choice([1, 3, 8, 20]))
+    reverse = bool(rng.integers(2))
+    A, b, x0 = random_system(rng, structure, L, w, batch=(2,))
+    x = diagonal_scan(_t(A, dtype), _t(b, dtype), _t(x0, dtype), scalar=structure == "scalar",
+                      reverse=reverse, passes=passes)
+    ref = reference_solve(*(_t(t, dtype).double().cpu().numpy() for t in (A, b)),
+                          x0=_t(x0, dtype).double().cpu().numpy(), structure=structure,
+                          reverse=reverse)
+    assert x.dtype == dtype
+    assert rel_err(x.double().cpu().numpy(), ref) <= TOL[dtype], (L, w, reverse)
+
+
+def test_tile_scan_plan_fills_the_device_and_checks_arguments():
+    from pcrsolve.backends.triton_scan import plan
+
+    cpu = torch.device("cpu")  # 64 programs wanted off CUDA
+    # many chains: wide feature blocks, one pass over all L steps
+    bw, tile, per_chunk = plan(64, 10_000, 256, False, cpu)
+    assert per_chunk >= 10_000 and bw >= 8 and tile * bw <= 2048
+    # one chain of 64 features: narrow blocks, then chunks of whole tiles (two passes)
+    bw, tile, per_chunk = plan(1, 1_000_003, 64, False, cpu)
+    assert bw == 8 and per_chunk % tile == 0 and per_chunk < 1_000_003
+    assert (1_000_003 // per_chunk + 1) * (64 // bw) >= 64
+    with pytest.raises(ValueError, match="`passes`"):
+        diagonal_scan(torch.ones(4), torch.ones(4, 1), None, scalar=True, passes=3)
+    with pytest.raises(ValueError, match="`chunk`"):
+        diagonal_scan(torch.ones(4), torch.ones(4, 1), None, scalar=True, chunk=1)
+
+
 def test_kernel_agrees_with_generic_path_and_zero_length(rng):
     A, b, x0 = random_system(rng, "scalar", 33, 2)
     system = pcrsolve.BidiagonalSystem(_t(A, torch.float32), _t(b, torch.float32),

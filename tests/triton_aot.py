@@ -27,15 +27,18 @@ def variants() -> dict[str, tuple[str, dict[str, str], dict[str, Any]]]:
     for arch in ARCHS:
         for inp, acc in (("fp32", "fp32"), ("fp64", "fp64"), ("bf16", "fp32"),
                          ("fp16", "fp32")):
-            for final in (False, True):
-                for reverse in (False, True):
+            for bw in (8, 64):  # the narrowest and widest feature blocks of plan()
+                for final, reverse in ((False, False), (True, False), (True, True)):
                     sig = {"a_ptr": _PTR[inp], "b_ptr": _PTR[inp], "x_ptr": _PTR[inp],
                            "p_ptr": _PTR[acc], "s_ptr": _PTR[acc], "L": "i32", "W": "i32",
-                           "n_chunks": "i32", "a_sb": "i64", "a_sl": "i64", "a_sw": "i64"}
-                    cons = {"CHUNK": 256, "BLOCK_W": 128, "FINAL": final, "REVERSE": reverse,
+                           "n_chunks": "i32", "chunk_len": "i32", "a_sb": "i64",
+                           "a_sl": "i64", "a_sw": "i64"}
+                    tile = max(16, (1024 if acc == "fp64" else 2048) // bw)
+                    cons = {"TILE": tile, "BLOCK_W": bw, "FINAL": final, "REVERSE": reverse,
                             "ACC": acc}
-                    name = f"diagonal-{inp}-final{int(final)}-rev{int(reverse)}-sm{arch}"
-                    out[name] = ("triton_scan._chunk_kernel", sig, {**cons, "arch": arch})
+                    name = (f"diagonal-{inp}-w{bw}-final{int(final)}-rev{int(reverse)}"
+                            f"-sm{arch}")
+                    out[name] = ("triton_scan._tile_kernel", sig, {**cons, "arch": arch})
         for acc in ("fp32", "fp64"):
             for bw in (1, 4, 16):
                 for scaled in (False, True):

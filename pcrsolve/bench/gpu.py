@@ -285,6 +285,15 @@ def _diagonal_case(name: str, B: int, D: int, T: int, target: str, timer: _Timer
         a.double(), b.double(), structure="diagonal", check_finite=False), method="cr")
     _try(report, timer, "pcrsolve auto", lambda: lambda: pcrsolve.solve_linear(system), ref,
          note=f"method={pcrsolve.choose_method(system)}")
+    for passes, label in ((1, "one pass"), (2, "two passes")):
+        def tile_scan(passes: int = passes) -> Any:  # both modes, for tuning auto's choice
+            from ..backends.triton_scan import available, diagonal_scan
+
+            if not available(a.device):
+                raise RuntimeError("needs CUDA and Triton")
+            return lambda: diagonal_scan(a, b, None, scalar=False, passes=passes)
+
+        _try(report, timer, f"pcrsolve kernel, {label}", tile_scan, ref)
     _try(report, timer, "pcrsolve generic (pcr)",
          lambda: lambda: pcrsolve.solve_linear(system, method="pcr"), ref)
     if not peers:
