@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .triton_scan import prepare, step_of
 
-__all__ = ["MAX_WIDTH", "dense_scan"]
+__all__ = ["MAX_WIDTH", "dense_scan", "num_warps"]
 
 #: widest blocks the kernel keeps in registers
 MAX_WIDTH = 16
@@ -78,6 +78,12 @@ def _dense_chunk_kernel(a_ptr, b_ptr, x_ptr, p_ptr, s_ptr, d_ptr, L, W, n_chunks
     if not FINAL:
         tl.store(s_ptr + carry + cols, x, mask=cols < W)
         tl.store(p_ptr + carry * W + rows[:, None] * W + cols[None, :], P, mask=bmask)
+
+
+def num_warps(bw: int) -> int:
+    """Warps per program for blocks padded to ``bw``: the ``bw^3`` products of ``P <- A P``
+    spread over one warp for w <= 4, two for w <= 8, four for w <= 16."""
+    return 1 if bw <= 4 else (2 if bw <= 8 else 4)
 
 
 def dense_scan(
@@ -133,9 +139,10 @@ def dense_scan(
     Y = torch.empty((n_chain, n, W), dtype=work, device=b.device)
     x = torch.empty((n_chain, L, W), dtype=out_dtype, device=b.device)
     acc = tl.float64 if acc64 else tl.float32
+    warps = num_warps(bw)
     _dense_chunk_kernel[grid](aa, bb, x, P, Y, dd, L, W, n, a_sb, CHUNK=chunk, BW=bw,
                               FINAL=False, REVERSE=reverse, ACC=acc, SCALED=scaled,
-                              IDENT=float(identity))
+                              IDENT=float(identity), num_warps=warps)
     start0 = (torch.zeros((n_chain, W), dtype=work, device=b.device) if x0 is None
               else x0.expand(*batch, W).reshape(n_chain, W).to(work))
     if n > 1:  # chunk maps: x_end = P x_start + y, a dense recurrence of length n
@@ -145,5 +152,5 @@ def dense_scan(
         starts = start0[:, None, :].contiguous()
     _dense_chunk_kernel[grid](aa, bb, x, P, starts, dd, L, W, n, a_sb, CHUNK=chunk, BW=bw,
                               FINAL=True, REVERSE=reverse, ACC=acc, SCALED=scaled,
-                              IDENT=float(identity))
+                              IDENT=float(identity), num_warps=warps)
     return x.reshape(*batch, L, W)

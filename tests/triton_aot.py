@@ -90,9 +90,11 @@ def compile_all() -> dict[str, dict[str, Any]]:
         cons["ACC"] = getattr(tl, {"fp32": "float32", "fp64": "float64"}[cons["ACC"]])
         signature = {**sig, **dict.fromkeys(cons, "constexpr")}
         try:
+            # the warps the launcher uses (dense: by block width; diagonal: the default)
+            warps = triton_dense.num_warps(cons["BW"]) if "BW" in cons else 4
             kernel = triton.compile(
                 ASTSource(fn=getattr(modules[mod], fn), signature=signature, constexprs=cons),
-                target=GPUTarget("cuda", arch, 32))
+                target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
             results[name] = {"error": None, "local": _local_bytes(kernel.asm["cubin"])}
         except Exception as exc:  # reported to the test, which fails on it
             results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000], "local": None}
