@@ -19,15 +19,17 @@ Thread mapping. *Diagonal/scalar*: one thread per (chain, chunk, feature), flatt
 the feature fastest, so the threads of a warp read consecutive elements of a row of ``b``
 (and of ``A``, and write a row of ``x``) at every step: coalesced loads and stores.
 Scalar ``A`` (one coefficient per step) and broadcast batches are passed as element
-strides (stride 0 where broadcast), never copied. *Dense*: one thread per (chain, chunk),
-holding ``x[W]``, the step's block and ``P[W][W]`` in local arrays (registers for small
-``W``; ``W`` is a compile-time constant, at most :data:`MAX_WIDTH`). All offsets are 64-bit
+strides (stride 0 where broadcast), never copied. *Dense*: every thread carries one
+``W``-vector through the steps of one chunk, reading each block row by row, so it holds
+only ``2 W`` values (``W`` is a compile-time constant, at most :data:`MAX_WIDTH`): pass 2
+runs one thread per (chain, chunk) carrying the state; pass 1 runs ``W + 1`` adjacent
+threads per (chain, chunk), thread ``j < W`` carrying the basis vector ``e_j`` (column
+``j`` of the chunk's product of blocks) and thread ``W`` the zero state with the offsets
+(the chunk's ``y``); they read the same rows (broadcast loads). All offsets are 64-bit
 (``long long``); threads use a grid-stride loop, so any grid size is valid. Element types
 and ``W`` are compile-time (``#define``); the chunk length and the direction are kernel
 arguments (uniform branches), so one compiled module serves every ``L``, chunk and
-direction. Register pressure of the dense pass 1 grows as ``2 W^2`` (block and ``P``):
-``ptxas`` for sm_90 keeps it in registers up to ``W = 8`` in float32 and ``W = 6`` in
-float64, and spills to local memory beyond (pass 2 never spills).
+direction. No variant spills registers (the test-suite checks the ``nvcc`` output).
 
 Arithmetic is float32 for float32/float16 inputs and float64 when any input is float64.
 float16 inputs are cast to float32 on the host (CuPy has no bfloat16; reading ``__half``
@@ -159,27 +161,33 @@ __device__ __forceinline__ void pcr_diag_chunk(PCR_PARAMS) {
 """
 
 _DENSE_BODY = r"""
-// One thread per (chain, chunk): idx = chain * n_chunks + chunk. The entering state and
-// the chunk's offset live at s[idx * W ...], the chunk's product of blocks at
-// p[idx * W * W ...] (row-major). W is a compile-time constant (<= 16). With `scaled`,
-// step l's block is diag(d_l) A_l + ident * I (a factored Jacobian, formed in registers).
+// W is a compile-time constant (<= 16). With `scaled`, step l's block is
+// diag(d_l) A_l + ident * I (a factored Jacobian, formed as it is read).
+//
+// Every thread carries one W-vector v through the steps of one chunk, v <- A_l v (+ b_l),
+// reading the block row by row: 2W values in registers whatever W is.
+// FINAL = true: one thread per (chain, chunk), idx = chain * n_chunks + chunk; v starts as
+//   the entering state s[idx * W ...], takes the b_l terms, and is stored into x.
+// FINAL = false: W + 1 threads per (chain, chunk), idx = (chain * n_chunks + chunk) *
+//   (W + 1) + j. Thread j < W carries the basis vector e_j without b: column j of the
+//   chunk's product of blocks, stored at p[(chunk_idx * W + i) * W + j]. Thread j = W
+//   carries the zero state with b: the chunk's offset, stored at s[chunk_idx * W + i].
+//   The W + 1 threads of a chunk are adjacent and read the same rows (broadcast loads).
 template <bool FINAL>
 __device__ __forceinline__ void pcr_dense_chunk(PCR_PARAMS) {
-    const long long total = n_chain * n_chunks;
+    const long long per_chunk = FINAL ? 1 : W + 1;
+    const long long total = n_chain * n_chunks * per_chunk;
     for (long long idx = pcr_first_thread(); idx < total; idx += pcr_thread_stride()) {
-        const long long c = idx % n_chunks;
-        const long long chain = idx / n_chunks;
-        ACC xv[W];
-        ACC P[W][W];
-        ACC blk[W][W];
+        const int j = FINAL ? W : (int)(idx % per_chunk);
+        const long long chunk_idx = idx / per_chunk;
+        const long long c = chunk_idx % n_chunks;
+        const long long chain = chunk_idx / n_chunks;
+        const bool with_b = j == W;
+        ACC v[W];
         ACC tmp[W];
 #pragma unroll
         for (int i = 0; i < W; ++i) {
-            xv[i] = FINAL ? s[idx * W + i] : (ACC)0;
-            if (!FINAL) {
-#pragma unroll
-                for (int j = 0; j < W; ++j) P[i][j] = (i == j) ? (ACC)1 : (ACC)0;
-            }
+            v[i] = FINAL ? s[chunk_idx * W + i] : (i == j ? (ACC)1 : (ACC)0);
         }
         const long long t0 = c * chunk;
         const long long t1 = (t0 + chunk < L) ? t0 + chunk : L;
@@ -187,57 +195,39 @@ __device__ __forceinline__ void pcr_dense_chunk(PCR_PARAMS) {
             const long long l = reverse ? L - 1 - t : t;
             const TA* al = a + chain * a_sb + l * a_sl;
             const TB* bl = b + chain * b_sb + l * b_sl;
+            const TB* dl = d + chain * d_sb + l * d_sl;
+            // v <- A v (+ b), summed in the fixed order k = 0..W-1 after b
 #pragma unroll
             for (int i = 0; i < W; ++i) {
+                const ACC di = scaled ? (ACC)dl[i * d_sw] : (ACC)1;
+                ACC acc = with_b ? (ACC)bl[i * b_sw] : (ACC)0;
 #pragma unroll
-                for (int j = 0; j < W; ++j) blk[i][j] = (ACC)al[i * a_si + j * a_sj];
-            }
-            if (scaled) {  // factored Jacobian: block = diag(d_l) A_l + ident * I
-                const TB* dl = d + chain * d_sb + l * d_sl;
-#pragma unroll
-                for (int i = 0; i < W; ++i) {
-                    const ACC di = (ACC)dl[i * d_sw];
-#pragma unroll
-                    for (int j = 0; j < W; ++j) blk[i][j] *= di;
-                    blk[i][i] += ident;
+                for (int k = 0; k < W; ++k) {
+                    ACC aik = (ACC)al[i * a_si + k * a_sj];
+                    if (scaled) {
+                        aik *= di;
+                        if (k == i) aik += ident;
+                    }
+                    acc = pcr_fma(aik, v[k], acc);
                 }
-            }
-            // x <- A x + b, summed in the fixed order k = 0..W-1 after b
-#pragma unroll
-            for (int i = 0; i < W; ++i) {
-                ACC acc = (ACC)bl[i * b_sw];
-#pragma unroll
-                for (int k = 0; k < W; ++k) acc = pcr_fma(blk[i][k], xv[k], acc);
                 tmp[i] = acc;
             }
 #pragma unroll
-            for (int i = 0; i < W; ++i) xv[i] = tmp[i];
+            for (int i = 0; i < W; ++i) v[i] = tmp[i];
             if (FINAL) {
                 TX* xl = x + (chain * L + l) * W;
 #pragma unroll
-                for (int i = 0; i < W; ++i) xl[i] = (TX)xv[i];
-            } else {
-                // P <- A P, one column at a time (column j of the old P is dead after it)
-#pragma unroll
-                for (int j = 0; j < W; ++j) {
-#pragma unroll
-                    for (int i = 0; i < W; ++i) {
-                        ACC acc = (ACC)0;
-#pragma unroll
-                        for (int k = 0; k < W; ++k) acc = pcr_fma(blk[i][k], P[k][j], acc);
-                        tmp[i] = acc;
-                    }
-#pragma unroll
-                    for (int i = 0; i < W; ++i) P[i][j] = tmp[i];
-                }
+                for (int i = 0; i < W; ++i) xl[i] = (TX)v[i];
             }
         }
         if (!FINAL) {
 #pragma unroll
             for (int i = 0; i < W; ++i) {
-                s[idx * W + i] = xv[i];
-#pragma unroll
-                for (int j = 0; j < W; ++j) p[(idx * W + i) * W + j] = P[i][j];
+                if (with_b) {
+                    s[chunk_idx * W + i] = v[i];
+                } else {
+                    p[(chunk_idx * W + i) * W + j] = v[i];
+                }
             }
         }
     }
@@ -659,7 +649,9 @@ def dense_scan(
                   dd, i64(d_sb), i64(d_sl), i64(d_sw), np.int32(scale is not None),
                   acc.type(identity))
         total = n_chain * n
-        _launch(launcher, source, first, total, _BLOCK_DENSE, (aa, bb, x, P, Y, *common))
+        # pass 1: W + 1 threads per chunk (the columns of its product, and its offset)
+        _launch(launcher, source, first, total * (W + 1), _BLOCK_DENSE,
+                (aa, bb, x, P, Y, *common))
         start0 = _start0(xp, x0, batch, n_chain, W, acc)
         # chunk maps x_end = P x_start + y: a dense recurrence of length n, forward
         ends = (dense_scan(P, Y, start0, chunk=chunk, xp=xp, launcher=launcher)

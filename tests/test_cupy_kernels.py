@@ -315,13 +315,25 @@ def test_source_compiles_with_nvcc():
                 f.write(variants[name])
             cmd = ["nvcc", "--ptx", "-arch=sm_90", "-Werror", "all-warnings", path,
                    "-o", path[:-3] + ".ptx"]
-            return name, subprocess.run(cmd, capture_output=True, text=True)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode == 0:  # and through ptxas, which reports register spills
+                done = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-Xptxas", "-v", path,
+                                       "-o", path[:-3] + ".cubin"], capture_output=True,
+                                      text=True)
+            return name, done
 
         workers = max(1, min(len(variants), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(compile_one, sorted(variants)))
         failed = {name: done.stderr for name, done in results if done.returncode != 0}
         assert not failed, failed
+        # every kernel keeps its state in registers: no spill stores or loads
+        reports = [(name, line.strip()) for name, done in results
+                   for line in done.stderr.splitlines() if "spill" in line]
+        assert reports, "ptxas -v printed no spill report"
+        spills = [(name, line) for name, line in reports
+                  if "0 bytes spill stores, 0 bytes spill loads" not in line]
+        assert not spills, spills
         for name, _ in results:
             with open(os.path.join(tmp, f"{name}.ptx")) as f:
                 ptx = f.read()
