@@ -68,7 +68,10 @@ class CapturedNewton:
 
     def __init__(self, step: Any, x0: torch.Tensor, length: int, iterations: int, *,
                  check: bool = True, **kwargs: Any) -> None:
+        from array_api_compat import array_namespace
+
         import pcrsolve
+        from pcrsolve.namespace import working_dtype
 
         if not isinstance(x0, torch.Tensor):
             raise InputError(f"`x0` must be a torch.Tensor; got {type(x0).__name__}")
@@ -78,7 +81,7 @@ class CapturedNewton:
                 return pcrsolve.iterate(step, z, length, iterations, **kwargs), None
             # the states in the working dtype (float32 for half precision), as the step
             # sees them: the residual measures convergence, not the output's rounding
-            zw = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+            zw = z.to(working_dtype({"x0": z}, array_namespace(z))[0])
             X = pcrsolve.iterate(step, zw, length, iterations, **kwargs)
             res = pcrsolve.residual(step, zw, X).abs().amax(dim=(-2, -1))
             return X.to(z.dtype), res

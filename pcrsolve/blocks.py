@@ -18,7 +18,27 @@ from typing import Any
 
 from .namespace import device_of
 
-__all__ = ["DENSE", "DIAGONAL", "SCALAR", "STRUCTURES", "Structure"]
+__all__ = ["DENSE", "DIAGONAL", "SCALAR", "STRUCTURES", "Structure", "fits"]
+
+
+def fits(shape: tuple[int, ...], tail: tuple[int, ...], batch: tuple[int, ...]) -> bool:
+    """Whether ``shape`` is ``(*head, *tail)`` with ``head`` broadcasting to ``batch``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The shape to test.
+    tail : tuple of int
+        The trailing dims it must end with (e.g. ``(L, w, w)``).
+    batch : tuple of int
+        The batch shape its leading dims must broadcast to.
+    """
+    n = len(tail)
+    if len(shape) < n or tuple(shape[len(shape) - n:]) != tuple(tail):
+        return False
+    head = shape[: len(shape) - n]
+    return len(head) <= len(batch) and all(
+        a in (1, b) for a, b in zip(head[::-1], batch[::-1], strict=False))
 
 
 class Structure:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import get_backend
-from .blocks import STRUCTURES
+from .blocks import STRUCTURES, fits
 from .errors import StepFunctionError
 from .namespace import device_of
 
@@ -93,16 +93,8 @@ class Factored:
         L, w : int
             Steps and state width.
         """
-        def fits(shape: tuple[int, ...], tail: tuple[int, ...]) -> bool:
-            n = len(tail)
-            if len(shape) < n or shape[len(shape) - n:] != tail:
-                return False
-            head = shape[: len(shape) - n]
-            return len(head) <= len(batch) and all(
-                a in (1, b) for a, b in zip(head[::-1], batch[::-1], strict=False))
-
         s, W = tuple(self.scale.shape), tuple(self.weight.shape)
-        if not fits(s, (L, w)) or not fits(W, (L, w, w)):
+        if not fits(s, (L, w), batch) or not fits(W, (L, w, w), batch):
             raise StepFunctionError(
                 f"`jacobian` returned Factored blocks with scale shape {s} and weight shape "
                 f"{W}; expected (..., {L}, {w}) and (..., {L}, {w}, {w}) with batch dims "

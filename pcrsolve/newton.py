@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import get_backend
-from .blocks import STRUCTURES
+from .blocks import STRUCTURES, fits
 from .errors import ConvergenceError, InputError, StepFunctionError
 from .factored import Factored, solve_direction
 from .jacobians import finite_difference_jvp, jacobian_provider
@@ -133,13 +133,7 @@ def _check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int
 
 def _check_shape(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int) -> None:
     tail = (L, *STRUCTURES[structure].block_shape(w))
-    ok = J.ndim >= len(tail) and tuple(J.shape[J.ndim - len(tail):]) == tail
-    if ok:
-        jb = tuple(J.shape[: J.ndim - len(tail)])
-        ok = len(jb) <= len(batch) and all(
-            a in (1, b) for a, b in zip(jb[::-1], batch[::-1], strict=False)
-        )
-    if not ok:
+    if not fits(tuple(J.shape), tail, batch):
         shown = ", ".join(map(str, tail))
         other = {"dense": "diagonal", "diagonal": "dense"}.get(structure)
         hint = (f" If it returns {other} blocks, pass jacobian_structure={other!r}."
