@@ -7,6 +7,7 @@ rewritten as one block-bidiagonal system and solved in O(log L) parallel depth b
 
 from __future__ import annotations
 
+from . import _source_tree  # noqa: F401  (first: maps backends/ in a source checkout)
 from .errors import (
     BackendMismatchError,
     ConvergenceError,
