@@ -134,6 +134,28 @@ class Backend:
         """
         return None
 
+    def sequential_linear(self, A: Any, b: Any, x0: Any, structure: Any) -> Any:
+        """The sequential loop of a forward system in a form lean for this library, or None.
+
+        ``method="sequential"`` is the reference every parallel solver is compared with, so
+        it must not be slower than the loop a user would write: a backend may run it with
+        plain Python floats (tiny states) or with in-place per-step updates into a
+        preallocated output. ``None`` (the default) means: use the generic Array-API loop.
+
+        Parameters
+        ----------
+        A : array, shape (..., L, w, w) / (..., L, w) / (..., L)
+            Forward-oriented blocks (batch dimensions broadcastable against ``b``'s).
+        b : array, shape (..., L, w)
+        x0 : array, shape (..., w)
+        structure : pcrsolve.blocks.Structure
+
+        Returns
+        -------
+        array of shape (..., L, w), or None
+        """
+        return None
+
     # -- solver selection -----------------------------------------------------------------
     def cost_model(self, device: Any) -> CostModel:
         """Constants for ``method="auto"`` on ``device``."""
