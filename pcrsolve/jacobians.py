@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import StepFunctionError
+from .errors import PCRSolveError, StepFunctionError
 from .namespace import device_of
 
 __all__ = ["JVP", "assemble_blocks", "finite_difference_jvp", "jacobian_provider"]
@@ -52,10 +52,33 @@ def finite_difference_jvp(step: Callable[[Any, Any], Any], xp: Any) -> JVP:
         scale = xp.max(xp.abs(x), axis=-1, keepdims=True)
         h = eps ** (1.0 / 3.0) * xp.maximum(scale, xp.ones_like(scale))
         both = xp.stack([x + h * v, x - h * v], axis=0)
-        out = step(both, l)
+        out = batched_call(step, "step", both, l, "finite-difference Jacobians evaluate "
+                           "x + h v and x - h v in one call")
         return (out[0, ...] - out[1, ...]) / (2.0 * h)
 
     return jvp
+
+
+def batched_call(fn: Callable[..., Any], name: str, x: Any, l: Any, why: str,
+                 *rest: Any) -> Any:
+    """``fn(x, l, *rest)`` where ``x`` has an extra leading batch axis; explain a failure.
+
+    A step (or JVP) that works on ``(..., n, w)`` but not with one more leading axis does
+    not broadcast over batch dims: :class:`~pcrsolve.StepFunctionError` says so, chained to
+    the original exception.
+    """
+    try:
+        return fn(x, l, *rest)
+    except PCRSolveError:
+        raise
+    except Exception as exc:
+        raise StepFunctionError(
+            f"`{name}` raised {type(exc).__name__} ({exc}) when called with an extra leading "
+            f"batch axis, x_prev of shape {tuple(x.shape)} and l of shape {tuple(l.shape)} "
+            f"({why}). Step functions must accept any leading batch dims, x_prev of shape "
+            "(..., n, w) (in einsum, '...nj' rather than 'nj'); or pass `jacobian=` so that "
+            "none is computed."
+        ) from exc
 
 
 def _basis(w: int, ndim: int, like: Any, xp: Any) -> Any:
@@ -87,7 +110,8 @@ def jacobian_provider(
         w = x.shape[-1]
         E = _basis(w, x.ndim, x, xp)
         xw = xp.broadcast_to(x[None, ...], (w, *x.shape))
-        cols = jvp(xw, l, xp.broadcast_to(E, xw.shape))  # cols[i] = J e_i
+        cols = batched_call(jvp, "jvp", xw, l, f"the Jacobian's w={w} columns come from one "
+                            "call", xp.broadcast_to(E, xw.shape))  # cols[i] = J e_i
         if tuple(cols.shape) != tuple(xw.shape):
             raise StepFunctionError(
                 f"`jvp` must return the shape of its input {tuple(xw.shape)} (it is called "

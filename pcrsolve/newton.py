@@ -35,7 +35,7 @@ from .jacobians import finite_difference_jvp, jacobian_provider
 from .linear import METHODS
 from .namespace import check_finite, device_of, infer_namespace, working_dtype
 from .result import Solution, Status
-from .steps import checked
+from .steps import call_step, checked
 
 __all__ = ["MODES", "solve"]
 
@@ -262,8 +262,8 @@ def solve(
     backend = get_backend(xp)
     _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol, max_iter,
               init, linear_method, xp)
-    if backend.has_autodiff:
-        backend.check_no_hidden_grad(step, x0, params)
+    if backend.has_autodiff:  # its probe may be the step's first call: explain failures
+        backend.check_no_hidden_grad(lambda x, l: call_step(step, x, l), x0, params)
     options = dict(jacobian=jacobian, jacobian_structure=jacobian_structure, jvp=jvp,
                    mode=mode, tol=tol, atol=atol, max_iter=max_iter, init=init, damping=damping,
                    linear_method=linear_method, fallback=fallback, throw=throw,

@@ -162,3 +162,110 @@ def test_missing_arrays_and_transpose_rhs_and_chunk_size_forms():
         pcrsolve.solve_linear(system, chunk_size=2)
     x = pcrsolve.solve_linear(system, method="chunked", chunk_size=np.int64(2))
     assert x.shape == (4, 3)
+
+
+# -- step functions written one step at a time ---------------------------------------------
+def _one_step_problem(rng, L=64, w=4):
+    """Weights of a tanh recurrence, the one-step function a newcomer writes, the loop."""
+    W = rng.standard_normal((L, w, w)) / (2 * np.sqrt(w))
+    x0 = rng.standard_normal(w)
+
+    def reference(x):
+        out = []
+        for l in range(L):
+            x = np.tanh(W[l] @ x)
+            out.append(x)
+        return np.stack(out)
+
+    return W, x0, reference(x0)
+
+
+def _assert_solves(states, ref):
+    """Within ten times Newton's default tolerance of the loop (the states are O(1))."""
+    tol = 10 * pcrsolve.default_tolerance(np.float64, np)
+    np.testing.assert_allclose(states, ref, rtol=0, atol=tol)
+
+
+_ENTRY_POINTS = {
+    "solve": lambda step, x0, L: pcrsolve.solve(step, x0, L),
+    "sequential": lambda step, x0, L: pcrsolve.solve(step, x0, L, mode="sequential"),
+    "iterate": lambda step, x0, L: pcrsolve.iterate(step, x0, L, 3, mode="quasi"),
+    "residual": lambda step, x0, L: pcrsolve.residual(
+        step, x0, np.zeros((L, x0.shape[-1]), x0.dtype)),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(_ENTRY_POINTS))
+def test_one_step_function_is_explained_numpy(rng, entry):
+    W, x0, _ = _one_step_problem(rng)
+    with pytest.raises(pcrsolve.StepFunctionError,
+                       match=r"`step` raised ValueError.*one-step-at-a-time function.*"
+                       r"vectorized over steps.*\(\.\.\., n, w\).*vectorize_step") as info:
+        _ENTRY_POINTS[entry](lambda h, l: np.tanh(W[l] @ h), x0, 64)
+    assert isinstance(info.value.__cause__, ValueError)  # the original error, chained
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "params"])
+def test_one_step_function_is_explained_torch(rng, grad):
+    torch = pytest.importorskip("torch")
+    W, x0, ref = _one_step_problem(rng)
+    Ws = torch.tensor(W, requires_grad=grad)
+    one = lambda h, l: torch.tanh(Ws[l] @ h)  # noqa: E731 - the newcomer's one-liner
+    with pytest.raises(pcrsolve.StepFunctionError,
+                       match=r"`step` raised RuntimeError.*mat1 and mat2.*"
+                       r"one-step-at-a-time.*vectorize_step") as info:
+        pcrsolve.solve(one, torch.tensor(x0), 64, params=[Ws] if grad else None)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    # the advice works: wrapped, the same function gives the loop's states
+    sol = pcrsolve.solve(pcrsolve.vectorize_step(one), torch.tensor(x0), 64,
+                         params=[Ws] if grad else None)
+    _assert_solves(sol.states.detach().numpy(), ref)
+
+
+def test_vectorize_step_fixes_the_numpy_one_step_function(rng):
+    W, x0, ref = _one_step_problem(rng)
+    sol = pcrsolve.solve(pcrsolve.vectorize_step(lambda h, l: np.tanh(W[l] @ h)), x0, 64)
+    _assert_solves(sol.states, ref)
+
+
+def test_one_step_function_returning_the_wrong_shape_is_explained(rng):
+    # h @ W[l] runs vectorized too, but broadcasts to (n, n, w)
+    W, x0, _ = _one_step_problem(rng)
+    with pytest.raises(pcrsolve.StepFunctionError,
+                       match=r"`step` must return shape \(64, 4\) for these inputs; got "
+                       r"\(64, 64, 4\).*one-step-at-a-time.*vectorize_step"):
+        pcrsolve.solve(lambda h, l: np.tanh(h @ W[l]), x0, 64)
+
+
+def test_vectorized_step_with_a_bug_of_its_own_keeps_its_exception(rng):
+    # not a calling-convention problem: the user's own exception, with a note on the convention
+    _, x0, _ = _one_step_problem(rng)
+
+    def step(x, l):
+        raise KeyError("my own bug")
+
+    with pytest.raises(KeyError, match="my own bug") as info:
+        pcrsolve.solve(step, x0, 64)
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "vectorized over steps" in notes and "vectorize_step" in notes
+
+
+def test_step_that_does_not_broadcast_batch_dims_is_explained(rng):
+    # vectorized over steps but not over leading dims: finite differences add one
+    W, x0, ref = _one_step_problem(rng)
+
+    def step(x, l):
+        return np.tanh(np.einsum("nij,nj->ni", W[l], x))
+
+    with pytest.raises(pcrsolve.StepFunctionError,
+                       match=r"`step` raised ValueError.*extra leading batch axis.*"
+                       r"\(\.\.\., n, w\).*'\.\.\.nj'") as info:
+        pcrsolve.solve(step, x0, 64)
+    assert isinstance(info.value.__cause__, ValueError)
+
+    # with a Jacobian given, no batched call is needed and the solve succeeds
+    def jac(x, l):
+        return (1 - step(x, l)[..., None] ** 2) * W[l]
+
+    sol = pcrsolve.solve(step, x0, 64, jacobian=jac)
+    _assert_solves(sol.states, ref)
