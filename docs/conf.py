@@ -30,9 +30,10 @@ numpydoc_xref_param_type = False
 numpydoc_validation_checks: set[str] = set()
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"  # numpydoc documents the types; avoid duplicate signatures
-# The GPU kernel modules import Triton at the top; where it is not installed (it is optional:
-# the `gpu` and `test` extras bring it) autodoc documents them against a stand-in.
-autodoc_mock_imports = [m for m in ("triton",) if importlib.util.find_spec(m) is None]
+# The adapters import torch and the GPU kernel modules Triton at the top; where they are not
+# installed (both are optional: `pip install -e ".[docs]"` brings neither) autodoc documents
+# those modules against stand-ins, so the html builds either way. The doctests need them.
+autodoc_mock_imports = [m for m in ("torch", "triton") if importlib.util.find_spec(m) is None]
 
 # -- general ------------------------------------------------------------------------------
 primary_domain = "py"
