@@ -176,3 +176,114 @@ def test_half_precision_model():
     torch.testing.assert_close(y.float(), ref, rtol=8 * eps, atol=8 * eps)
     y.float().sum().backward()
     assert layers[0][0].weight.grad is not None
+
+
+# -- the plain nn.Sequential form, and stochastic layers ------------------------------------
+def _flat(pattern, L, w, seed=0):
+    """``nn.Sequential(*pattern(w), *pattern(w), ...)`` in float64: the plain form."""
+    torch.manual_seed(seed)
+    return nn.Sequential(*[m for _ in range(L) for m in pattern(w)]).double()
+
+
+def _forward_backward(net, x, weight):
+    """Output, input gradient and parameter gradients of ``sum(net(x) * weight)``."""
+    x = x.detach().clone().requires_grad_(True)
+    for p in net.parameters():
+        p.grad = None
+    y = net(x)
+    (y * weight).sum().backward()
+    return y.detach(), x.grad.clone(), [p.grad.clone() for p in net.parameters()]
+
+
+def _assert_same_as_sequential(par, seq, w):
+    x = torch.randn(3, w, dtype=torch.float64)
+    weight = torch.randn(3, w, dtype=torch.float64)
+    y_p, gx_p, g_p = _forward_backward(par, x, weight)
+    y_s, gx_s, g_s = _forward_backward(seq, x, weight)
+    # float64 with tol=1e-13: forward to ~1e-12, gradients (one adjoint solve) to ~1e-10
+    torch.testing.assert_close(y_p, y_s, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx_p, gx_s, rtol=1e-8, atol=1e-10)
+    assert len(g_p) == len(g_s)
+    for a, b in zip(g_p, g_s, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.ReLU, nn.GELU], ids=lambda a: a.__name__)
+def test_plain_alternating_sequential_is_grouped_onto_the_fast_path(act):
+    seq = _flat(lambda w: (nn.Linear(w, w), act()), 16, 6)
+    par = ParallelSequential(seq, tol=1e-13)
+    assert par.stack.analytic and par.stack.group_size == 2 and par.stack.length == 16
+    # the layers are the caller's own, in the caller's order (parameters line up)
+    assert [id(p) for p in par.parameters()] == [id(p) for p in seq.parameters()]
+    _assert_same_as_sequential(par, seq, 6)
+
+
+def test_longer_repeating_pattern_is_grouped_onto_the_general_path():
+    seq = _flat(lambda w: (nn.LayerNorm(w), nn.Linear(w, w), nn.Tanh()), 10, 4, seed=1)
+    par = ParallelSequential(seq, tol=1e-13)
+    assert not par.stack.analytic and par.stack.group_size == 3 and par.stack.length == 10
+    _assert_same_as_sequential(par, seq, 4)
+
+
+def test_ungroupable_list_says_exactly_how_to_group_it():
+    seq = _flat(lambda w: (nn.Linear(w, w), nn.Tanh()), 6, 4, seed=2)
+    layers = [*seq, nn.Linear(4, 4).double()]  # a trailing Linear breaks the pattern
+    with pytest.raises(pcrsolve.InputError,
+                       match=r"`layers\[1\]` is Tanh.*the 13 layers \(Linear, Tanh, .*\.\.\.\) "
+                       r"do not repeat.*first 12 layers repeat \(Linear, Tanh\).*"
+                       r"nn\.Sequential\(ParallelSequential\(\[nn\.Sequential\(\*layers\[i:i \+ 2"
+                       r"\]\) for i in range\(0, 12, 2\)\]\), \*layers\[12:\]\)"):
+        ParallelSequential(layers)
+    # the advice, followed literally, builds a network equal to the original
+    advised = nn.Sequential(ParallelSequential(
+        [nn.Sequential(*layers[i:i + 2]) for i in range(0, 12, 2)], tol=1e-13), *layers[12:])
+    _assert_same_as_sequential(advised, nn.Sequential(*layers), 4)
+
+
+def _with_dropout(w):
+    return (nn.Linear(w, w), nn.Tanh(), nn.Dropout(0.2))
+
+
+def test_dropout_in_training_mode_is_refused_naming_the_layer():
+    seq = _flat(_with_dropout, 8, 4)
+    par = ParallelSequential(seq)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(pcrsolve.InputError,
+                       match=r"`layers\[2\]` is Dropout\(p=0\.2.*training mode: stochastic "
+                       r"layers are not supported.*\.eval\(\)"):
+        par(x)
+    # a Dropout nested inside a block is named by its path
+    blocks = [nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1)).double() for _ in range(3)]
+    with pytest.raises(pcrsolve.InputError, match=r"`layers\[0\]` \(its submodule `1`\)"):
+        ParallelSequential(blocks)(x)
+
+
+def test_dropout_in_eval_mode_matches_sequential_and_train_mode_refuses_again():
+    seq = _flat(_with_dropout, 8, 4)
+    par = ParallelSequential(seq, tol=1e-13)
+    assert par.stack.group_size == 3
+    par.train()  # built in training mode: switching afterwards must reach the stacked copy
+    par.eval()
+    _assert_same_as_sequential(par, seq.eval(), 4)
+    par.train()
+    with pytest.raises(pcrsolve.InputError, match="Dropout"):
+        par(torch.randn(2, 4, dtype=torch.float64))
+
+
+class _Noisy(nn.Module):
+    """A custom layer that draws random numbers: not recognisable by its class."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.lin = nn.Linear(w, w)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x)) + 1e-3 * torch.randn_like(x)
+
+
+def test_custom_random_layer_is_explained():
+    par = ParallelSequential([_Noisy(4).double() for _ in range(4)])
+    with pytest.raises(pcrsolve.InputError,
+                       match=r"\(_Noisy\) called a random operation: stochastic layers") as info:
+        par(torch.randn(2, 4, dtype=torch.float64))
+    assert "random" in str(info.value.__cause__)

@@ -8,7 +8,9 @@ are evaluated in one batched call:
   activation (Tanh, ReLU, Sigmoid, Identity, LeakyReLU, ELU, SiLU, GELU), optionally inside
   :class:`Residual` (``x + g(x)``): the step is one batched matrix-vector product and the
   Jacobian is analytic, ``diag(act'(W x + b)) W`` (plus ``I`` for residual blocks);
-* **general path** — any layers of one class and parameter shapes: parameters stacked with
+* **general path** — any layers of one class and parameter shapes (a flat list such as
+  ``Linear, Tanh, Linear, Tanh, ...`` is first grouped into steps of its repeating
+  pattern; stochastic layers only in ``eval()`` mode): parameters stacked with
   :func:`torch.func.stack_module_state`, the step evaluated by :func:`torch.func.vmap` over
   :func:`torch.func.functional_call`, Jacobians from :func:`torch.func.jvp`.
 
@@ -87,13 +89,88 @@ def _dense_layer(layer: nn.Module) -> tuple[nn.Linear, nn.Module, bool] | None:
     return None
 
 
+def _period(types: Sequence[type]) -> int | None:
+    """The shortest ``p >= 2`` with ``types`` made of whole repeats of its first ``p``."""
+    n = len(types)
+    for p in range(2, n // 2 + 1):
+        if n % p == 0 and all(types[i] is types[i % p] for i in range(n)):
+            return p
+    return None
+
+
+def _longest_repeating_prefix(types: Sequence[type]) -> tuple[int, int] | None:
+    """``(k, p)``: the longest prefix of ``k >= 2 p`` layers made of repeats of ``p`` classes."""
+    best = None
+    for p in range(1, len(types) // 2 + 1):
+        k = p
+        while k + p <= len(types) and all(types[k + i] is types[i] for i in range(p)):
+            k += p
+        if k >= 2 * p and (best is None or k > best[0]):
+            best = (k, p)
+    return best
+
+
+def _group_layers(layers: list[nn.Module]) -> tuple[list[nn.Module], int]:
+    """Group a flat layer list into steps of one class; return the steps and the group size.
+
+    ``[Linear, Tanh, Linear, Tanh, ...]`` (the plain ``nn.Sequential`` form) becomes
+    ``[Sequential(Linear, Tanh), ...]``: consecutive layers composed in order compute the
+    same function whatever the grouping, so only the intermediate states change. Lists
+    that are of one class already are returned as they are (group size 1).
+    """
+    types = [type(m) for m in layers]
+    if len(set(types)) == 1:
+        return layers, 1
+    p = _period(types)
+    if p is not None:
+        return [nn.Sequential(*layers[i:i + p]) for i in range(0, len(layers), p)], p
+    names = ", ".join(t.__name__ for t in types[:8]) + (", ..." if len(types) > 8 else "")
+    odd = next(i for i, t in enumerate(types) if t is not types[0])
+    msg = (f"all layers must be of one class to be stacked; `layers[0]` is "
+           f"{types[0].__name__} but `layers[{odd}]` is {types[odd].__name__}, and the "
+           f"{len(types)} layers ({names}) do not repeat one pattern that could be grouped "
+           "into steps. ")
+    prefix = _longest_repeating_prefix(types)
+    if prefix is not None:
+        k, q = prefix
+        pattern = ", ".join(t.__name__ for t in types[:q])
+        block = "layers[i]" if q == 1 else f"nn.Sequential(*layers[i:i + {q}])"
+        msg += (f"The first {k} layers repeat ({pattern}): run those in parallel and the rest "
+                f"after them, nn.Sequential(ParallelSequential([{block} for i in range(0, "
+                f"{k}, {q})]), *layers[{k}:])")
+        if k < len(types) and q > 1:
+            msg += f", or complete the last step (end the list with a {types[q - 1].__name__})"
+        msg += "."
+    else:
+        msg += ("Give one block per step, all of one class: e.g. "
+                "[nn.Sequential(nn.Linear(w, w), nn.Tanh()) for _ in range(L)].")
+    raise InputError(msg)
+
+
+def _is_stochastic(m: nn.Module) -> bool:
+    """Whether ``m`` draws random numbers in its forward (dropout, RReLU) in its mode."""
+    return m.training and isinstance(m, (nn.modules.dropout._DropoutNd, nn.RReLU))
+
+
+_STOCHASTIC_ADVICE = (
+    "stochastic layers are not supported in the parallel forward: Newton's method evaluates "
+    "every step several times and needs the same function each time (a new dropout mask per "
+    "evaluation has no solution to converge to). Call .eval() on the model (dropout is then "
+    "the identity), remove the layer, or keep it outside ParallelSequential."
+)
+
+
 class LayerStack:
     """``L`` equal-width layers as one vectorized step function with Jacobians.
 
     Parameters
     ----------
     layers : sequence of nn.Module or nn.Sequential
-        Layers mapping ``(..., w)`` to ``(..., w)``, all of one class and parameter shapes.
+        Layers mapping ``(..., w)`` to ``(..., w)``, all of one class and parameter shapes;
+        or a flat list that repeats one pattern of classes, such as ``nn.Sequential(
+        nn.Linear(w, w), nn.Tanh(), nn.Linear(w, w), nn.Tanh(), ...)``, which is grouped
+        into steps ``nn.Sequential(nn.Linear(w, w), nn.Tanh())`` (the fast-path form).
+        Stochastic layers (dropout, RReLU) are accepted in ``eval()`` mode only.
     jacobian : {"auto", "analytic", "autodiff"}, default "auto"
         ``"analytic"`` needs the fast-path form (see the module docstring); ``"auto"``
         uses it when the layers have that form.
@@ -103,7 +180,11 @@ class LayerStack:
     width : int
         ``w``.
     length : int
-        ``L``.
+        ``L``, the number of steps (groups of layers when a flat list was grouped).
+    group_size : int
+        Layers per step: 1, or the length of the repeating pattern that was grouped.
+    layers : list of nn.Module
+        The steps (the groups, when grouped); ``flat_layers`` holds the layers as given.
     analytic : bool
         Whether the fast path (analytic Jacobian) is used.
 
@@ -127,15 +208,12 @@ class LayerStack:
             raise InputError(
                 f"`jacobian` must be 'auto', 'analytic' or 'autodiff'; got {jacobian!r}"
             )
-        first = type(layers[0])
         for i, layer in enumerate(layers):
             if not isinstance(layer, nn.Module):
                 raise InputError(f"`layers[{i}]` must be an nn.Module; got {type(layer).__name__}")
-            if type(layer) is not first:
-                raise InputError(
-                    f"all layers must be of one class to be stacked; `layers[0]` is "
-                    f"{first.__name__} but `layers[{i}]` is {type(layer).__name__}"
-                )
+        self.flat_layers = layers
+        layers, self.group_size = _group_layers(layers)
+        first = type(layers[0])
         self.layers = layers
         self.length = len(layers)
         forms = [_dense_layer(layer) for layer in layers]
@@ -209,6 +287,7 @@ class LayerStack:
         dict
             ``{"step": step, "jacobian": jacobian or None}`` for :func:`pcrsolve.solve`.
         """
+        self.check_deterministic()
         if self.analytic:
             W = stacked[0]
             b = stacked[1] if len(stacked) > 1 else None
@@ -231,6 +310,8 @@ class LayerStack:
 
         names = [n for n, _ in self.layers[0].named_parameters()]
         base = self._base
+        for mb, m0 in zip(base.modules(), self.layers[0].modules(), strict=True):
+            mb.training = m0.training  # train()/eval() after construction reach the copy
 
         def one(params: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
             return torch.func.functional_call(base, dict(zip(names, params, strict=True)), (x,))
@@ -239,9 +320,31 @@ class LayerStack:
 
         def step(x: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
             params = tuple(p[l] for p in stacked)
-            return batched(params, x.movedim(-2, 0)).movedim(0, -2)
+            try:
+                return batched(params, x.movedim(-2, 0)).movedim(0, -2)
+            except RuntimeError as exc:
+                if "random" not in str(exc):
+                    raise
+                raise InputError(
+                    f"a layer of the stack ({type(self.layers[0]).__name__}) called a random "
+                    f"operation: {_STOCHASTIC_ADVICE}"
+                ) from exc
 
         return {"step": step, "jacobian": None}
+
+    def check_deterministic(self) -> None:
+        """Raise :class:`~pcrsolve.InputError` naming a layer that is stochastic now.
+
+        Dropout (any ``nn.Dropout*``) and ``nn.RReLU`` in training mode draw random numbers
+        on every call; in ``eval()`` mode they are deterministic and accepted.
+        """
+        for i, layer in enumerate(self.flat_layers):
+            for name, m in layer.named_modules():
+                if _is_stochastic(m):
+                    where = f"`layers[{i}]`" + (f" (its submodule `{name}`)" if name else "")
+                    raise InputError(
+                        f"{where} is {m!r} in training mode: {_STOCHASTIC_ADVICE}"
+                    )
 
 
 def _infer_width(layer: nn.Module) -> int | None:
@@ -260,7 +363,14 @@ class ParallelSequential(nn.Module):
     Parameters
     ----------
     layers : sequence of nn.Module or nn.Sequential
-        The layers (kept as submodules: their parameters train as usual).
+        The layers (kept as submodules, in the order given: their parameters train as
+        usual). Either one block per step, all of one class (e.g. ``Sequential(Linear,
+        Tanh)`` or :class:`Residual` blocks), or the plain alternating form of
+        ``nn.Sequential(nn.Linear(w, w), nn.Tanh(), nn.Linear(w, w), nn.Tanh(), ...)``:
+        a flat list that repeats one pattern of classes is grouped into steps of that
+        pattern (the last output is the same; see :class:`LayerStack`). Dropout and other
+        stochastic layers work in ``eval()`` mode only; in training mode the forward
+        raises :class:`~pcrsolve.InputError` naming the layer.
     mode : str, default "newton"
         Newton mode (see :func:`pcrsolve.solve`).
     jacobian : {"auto", "analytic", "autodiff"}, default "auto"
@@ -271,7 +381,8 @@ class ParallelSequential(nn.Module):
         repeated evaluation while the weights change little); with fresh mini-batches
         the previous states are no better than the default guess.
     return_all : bool, default False
-        Return all states ``(..., L, w)`` instead of the last one ``(..., w)``.
+        Return all states ``(..., L, w)`` instead of the last one ``(..., w)`` (one state
+        per step: per group of layers when a flat list was grouped).
     **solve_kwargs
         Passed to :func:`pcrsolve.solve` (``tol``, ``max_iter``, ``fallback``, ...).
 
