@@ -67,32 +67,69 @@ class Row:
 
 @dataclass
 class Report:
-    """A suite's result: the problem, the rows and the reference row's name."""
+    """A suite's result: the problem, the rows and the reference row's name.
+
+    Rows named in ``baselines`` are the sequential contenders; when ``reference`` is left
+    empty it becomes, after timing, the baseline with the smallest median (the speed-up
+    column is against the *fastest* loop, and the output names it). ``slower_reason``
+    says in one line why pcrsolve may lose to the best loop on this hardware; it is
+    printed only when the fastest pcrsolve row is slower than the reference.
+    """
 
     suite: str
     problem: dict[str, Any]
     rows: list[Row]
-    reference: str
+    reference: str = ""
     machine: str = ""
+    baselines: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    slower_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.reference:
+            timed = [r for r in self.rows if r.name in self.baselines]
+            if not timed:
+                raise ValueError("Report needs `reference` or at least one row in `baselines`")
+            self.reference = min(timed, key=lambda r: r.median_s).name
 
     def ratio(self, row: Row) -> float:
         """``time(reference) / time(row)``: above 1 means faster than the reference."""
         ref = next(r for r in self.rows if r.name == self.reference)
         return ref.median_s / row.median_s if row.median_s > 0 else math.inf
 
+    def contenders(self) -> list[Row]:
+        """The rows that are not sequential baselines (pcrsolve's methods)."""
+        return [r for r in self.rows if r.name not in self.baselines]
+
+    def verdict(self) -> str:
+        """One line: the fastest pcrsolve row against the best loop, in plain words."""
+        ours = self.contenders()
+        if not ours or not self.baselines:
+            return ""
+        best = min(ours, key=lambda r: r.median_s)
+        up = self.ratio(best)
+        if up >= 1.0:
+            return (f"{best.name} is {up:.1f}x faster than the best sequential loop "
+                    f"({self.reference})")
+        why = f": {self.slower_reason}" if self.slower_reason else ""
+        return (f"{best.name} (the fastest pcrsolve row) is {1 / up:.1f}x SLOWER than the "
+                f"best sequential loop ({self.reference}){why}")
+
     def table(self) -> str:
-        """The rows as an aligned text table."""
+        """The rows as an aligned text table, the baseline named, and the verdict."""
         extra_keys: list[str] = []
         for r in self.rows:
             extra_keys += [k for k in r.extra if k not in extra_keys]
-        head = ["method", "median ms", f"speed-up vs {self.reference}", "max rel err",
-                "peak MiB", *extra_keys]
+        head = ["method", "median ms", "vs best loop" if self.baselines else
+                f"speed-up vs {self.reference}", "max rel err", "peak MiB", *extra_keys]
         lines = [head]
         for r in self.rows:
+            up = self.ratio(r)
             lines.append([
-                r.name,
+                ("* " if r.name == self.reference else "  ") + r.name
+                if self.baselines else r.name,
                 f"{r.median_s * 1e3:.3f}",
-                f"{self.ratio(r):.2f}x",
+                f"{up:.3g}x",
                 "-" if r.rel_error is None else f"{r.rel_error:.1e}",
                 "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.2f}",
                 *[str(r.extra.get(k, "")) for k in extra_keys],
@@ -105,13 +142,22 @@ class Report:
         ]
         out.insert(1, "-" * len(out[0]))
         problem = ", ".join(f"{k}={v}" for k, v in self.problem.items())
-        return f"[{self.suite}] {problem}\n{self.machine}\n" + "\n".join(out)
+        foot = []
+        if self.baselines:
+            foot.append(f"* reference: {self.reference}, the fastest of {len(self.baselines)} "
+                        "sequential loop(s) timed here; rel err against a float64 loop")
+        foot += self.notes
+        if self.verdict():
+            foot.append(self.verdict())
+        return f"[{self.suite}] {problem}\n{self.machine}\n" + "\n".join(out + foot)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the report (ratios included)."""
+        """A JSON-serialisable dict of the report (ratios and the verdict included)."""
         data = asdict(self)
         for row, r in zip(data["rows"], self.rows, strict=True):
             row["ratio_vs_reference"] = self.ratio(r)
+            row["baseline"] = r.name in self.baselines
+        data["verdict"] = self.verdict()
         return data
 
 

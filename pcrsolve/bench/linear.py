@@ -1,4 +1,10 @@
-"""``bench linear``: every linear method against the sequential loop on one system."""
+"""``bench linear``: every linear method against every sequential loop on one system.
+
+The sequential contenders (:mod:`pcrsolve.bench.baselines`: a lean Python/NumPy loop,
+numba, jax, the library's eager loop) and pcrsolve's own methods run on the same random
+system in one process; the speed-up column is against the fastest contender, which the
+output names, and every row's error is against an independent float64 loop.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import numpy as np
 
 from ..linear import METHODS, choose_method, solve_linear
 from ..system import BidiagonalSystem
+from .baselines import linear_baselines, linear_reference
 from .harness import (
     Report,
     Row,
@@ -19,7 +26,11 @@ from .harness import (
     suite,
 )
 
-__all__ = ["make_linear_problem", "run_linear"]
+__all__ = ["SLOWER_REASON", "make_linear_problem", "run_linear"]
+
+#: Why a parallel solve can lose to the best loop on a CPU, in one line.
+SLOWER_REASON = ("on this CPU the extra work of a parallel solve is not repaid; its "
+                 "O(log L) depth pays on wide hardware (GPU), see `bench gpu`")
 
 
 def make_linear_problem(
@@ -29,6 +40,12 @@ def make_linear_problem(
 
     Blocks are contracting on average (scalar/diagonal entries in [-0.95, 0.95], dense
     blocks with entries N(0, 1/(2w))), so states stay bounded for any ``L``.
+
+    Returns
+    -------
+    A : np.ndarray, shape (batch, L, w, w) / (batch, L, w) / (batch, L)
+    b : np.ndarray, shape (batch, L, w)
+    x0 : np.ndarray, shape (batch, w)
     """
     rng = np.random.default_rng(seed)
     shape_a = {"dense": (batch, L, w, w), "diagonal": (batch, L, w), "scalar": (batch, L)}
@@ -43,25 +60,28 @@ def make_linear_problem(
 
 @suite("linear")
 def run_linear(opts: Any) -> Report:
-    """Time sequential, pcr, cr, chunked and auto on one random system."""
+    """Time every sequential loop and pcrsolve's sequential, pcr, cr, chunked and auto."""
     ws = Workspace(opts.backend, opts.device, opts.dtype)
     A, b, x0 = make_linear_problem(opts.structure, opts.length, opts.width, opts.batch, opts.seed)
     system = BidiagonalSystem(ws.asarray(A), ws.asarray(b), ws.asarray(x0),
                               structure=opts.structure, reverse=opts.reverse)
+    ref = linear_reference(A, b, x0, opts.structure, opts.reverse)
+    rows, baselines, notes = [], [], []
+    for base in linear_baselines(ws, A, b, x0, opts.structure, opts.reverse):
+        out, times, peak = measure(ws, base.run, opts.repeat)
+        rows.append(Row(base.name, median(times), times,
+                        relative_error(base.to_numpy(out), ref), peak))
+        baselines.append(base.name)
+        notes.append(f"  {base.name}: {base.note}")
     methods = opts.methods or ["sequential", *[m for m in METHODS if m != "sequential"], "auto"]
-    if "sequential" not in methods:
-        methods = ["sequential", *methods]
-    rows = []
-    ref = None
     for m in methods:
         out, times, peak = measure(ws, lambda m=m: solve_linear(system, method=m), opts.repeat)
-        x = ws.to_numpy(out)
-        if ref is None:
-            ref = x
         extra = {"chose": choose_method(system)} if m == "auto" else {}
-        rows.append(Row(m, median(times), times, relative_error(x, ref), peak, extra))
+        rows.append(Row(f"pcrsolve {m}", median(times), times,
+                        relative_error(ws.to_numpy(out), ref), peak, extra))
     problem = {"backend": ws.backend, "device": str(ws.device), "dtype": opts.dtype,
                "structure": opts.structure, "L": opts.length, "w": opts.width,
                "batch": opts.batch, "reverse": opts.reverse, "repeat": opts.repeat}
-    return Report("linear", problem, rows, "sequential",
-                  machine_description(ws.backend, str(ws.device)))
+    return Report("linear", problem, rows, machine=machine_description(ws.backend,
+                                                                      str(ws.device)),
+                  baselines=baselines, notes=notes, slower_reason=SLOWER_REASON)

@@ -1,9 +1,11 @@
 """``bench newton`` and ``bench adjoint``: a tanh MLP recurrence, parallel vs the loop.
 
 The recurrence is ``x_l = tanh(W_l x_{l-1} + b_l)`` with ``W_l ~ N(0, 1/w)``, a batch of
-``B`` chains. The reference is the plain loop a user writes first (eager, one step at a
-time). pcrsolve gets the analytic Jacobian ``diag(1 - x_l^2) W_l`` (dense for "newton",
-its diagonal for "quasi"), as an adapter would supply it.
+``B`` chains. The sequential contenders (:mod:`pcrsolve.bench.baselines`) are the eager
+loop a user writes first, an in-place NumPy loop, a ``math.tanh`` float loop (``w = 1``),
+numba and ``jax.lax.scan`` where installed; the speed-up column is against the fastest.
+pcrsolve gets the analytic Jacobian ``diag(1 - x_l^2) W_l`` (dense for "newton", its
+diagonal for "quasi"), as an adapter would supply it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from ..factored import Factored
 from ..newton import solve
+from .baselines import adjoint_baselines, mlp_baselines, mlp_reference
 from .harness import (
     Report,
     Row,
@@ -26,7 +29,16 @@ from .harness import (
     suite,
 )
 
-__all__ = ["mlp_functions", "run_adjoint", "run_newton", "tanh_mlp"]
+__all__ = ["SLOWER_REASON_ADJOINT", "SLOWER_REASON_NEWTON", "mlp_functions", "run_adjoint",
+           "run_newton", "tanh_mlp"]
+
+#: Why Newton-PCR can lose to the best loop on a CPU, in one line.
+SLOWER_REASON_NEWTON = ("each Newton iteration evaluates all L steps and their Jacobians "
+                        "and solves a linear system; that work pays off in depth on wide "
+                        "hardware (GPU), see `bench gpu`")
+#: Why the adjoint solve can lose to the reverse VJP loop on a CPU, in one line.
+SLOWER_REASON_ADJOINT = ("the reverse linear solve does more work than the L-step VJP loop; "
+                         "its O(log L) depth pays on wide hardware (GPU), see `bench gpu`")
 
 
 def tanh_mlp(ws: Workspace, L: int, w: int, seed: int) -> tuple[Any, Any]:
@@ -84,19 +96,33 @@ def _problem(opts: Any, ws: Workspace) -> dict[str, Any]:
             "L": opts.length, "w": opts.width, "batch": opts.batch, "repeat": opts.repeat}
 
 
+def _mlp_numpy(opts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(W, c, x0)`` of the bench's tanh MLP as NumPy float64 arrays (same draws as
+    :func:`tanh_mlp`)."""
+    rng = np.random.default_rng(opts.seed)
+    W = rng.standard_normal((opts.length, opts.width, opts.width)) / np.sqrt(opts.width)
+    c = 0.5 * rng.standard_normal((opts.length, opts.width))
+    x0 = np.random.default_rng(opts.seed + 1).standard_normal((opts.batch, opts.width))
+    return W, c, x0
+
+
 @suite("newton")
 def run_newton(opts: Any) -> Report:
-    """The eager loop vs Newton-PCR in each requested mode (forward pass)."""
+    """Every sequential loop vs Newton-PCR in each requested mode (forward pass)."""
     ws = Workspace(opts.backend, opts.device, opts.dtype)
-    W, b = tanh_mlp(ws, opts.length, opts.width, opts.seed)
+    Wn, cn, x0n = _mlp_numpy(opts)
+    W, b, x0 = ws.asarray(Wn), ws.asarray(cn), ws.asarray(x0n)
     fns = mlp_functions(W, b)
-    x0 = ws.asarray(np.random.default_rng(opts.seed + 1).standard_normal((opts.batch,
-                                                                            opts.width)))
     tol = opts.tol
     modes = opts.mode or ["newton", "quasi"]
-    ref_out, times, peak = measure(ws, lambda: fns["loop"](x0), opts.repeat)
-    ref = ws.to_numpy(ref_out)
-    rows = [Row("loop (eager)", median(times), times, 0.0, peak)]
+    ref = mlp_reference(Wn, cn, x0n)
+    rows, baselines, notes = [], [], []
+    for base in mlp_baselines(ws, Wn, cn, x0n):
+        out, times, peak = measure(ws, base.run, opts.repeat)
+        rows.append(Row(base.name, median(times), times,
+                        relative_error(base.to_numpy(out), ref), peak))
+        baselines.append(base.name)
+        notes.append(f"  {base.name}: {base.note}")
     for mode in modes:
         kw: dict[str, Any] = {"mode": mode, "tol": tol, "throw": False}
         if mode == "newton":
@@ -109,43 +135,52 @@ def run_newton(opts: Any) -> Report:
                         relative_error(ws.to_numpy(sol.states), ref), peak,
                         {"iterations": sol.iterations, "status": sol.status.name,
                          "linear": sol.linear_method}))
-    return Report("newton", {**_problem(opts, ws), "tol": tol}, rows, "loop (eager)",
-                  machine_description(ws.backend, str(ws.device)))
+    return Report("newton", {**_problem(opts, ws), "tol": tol}, rows,
+                  machine=machine_description(ws.backend, str(ws.device)),
+                  baselines=baselines, notes=notes, slower_reason=SLOWER_REASON_NEWTON)
 
 
 @suite("adjoint")
 def run_adjoint(opts: Any) -> Report:
-    """Backward pass: autograd through the eager loop vs the adjoint solve (torch)."""
+    """Backward pass: autograd through the loop and a reverse VJP loop vs the adjoint solve.
+
+    Needs torch (gradients come from autograd).
+    """
     if opts.backend != "torch":
         raise SystemExit("bench adjoint needs --backend torch (gradients come from autograd)")
     import torch
 
     ws = Workspace(opts.backend, opts.device, opts.dtype)
-    W, b = tanh_mlp(ws, opts.length, opts.width, opts.seed)
+    Wn, cn, x0n = _mlp_numpy(opts)
+    W, b, x0 = ws.asarray(Wn), ws.asarray(cn), ws.asarray(x0n)
     W.requires_grad_(True)
     b.requires_grad_(True)
     fns = mlp_functions(W, b)
-    x0 = ws.asarray(np.random.default_rng(opts.seed + 1).standard_normal((opts.batch,
-                                                                            opts.width)))
-    weight = torch.randn(opts.batch, opts.length, opts.width, dtype=ws.dtype,
-                         device=ws.device)
-
-    def backward_of(states: Any) -> Any:
-        loss = (states * weight).sum()
-
-        def run() -> Any:
-            return torch.autograd.grad(loss, [W, b], retain_graph=True)
-
-        return run
-
-    loop_grads, times, peak = measure(ws, backward_of(fns["loop"](x0)), opts.repeat)
-    rows = [Row("autograd through loop", median(times), times, 0.0, peak)]
-    ref = np.concatenate([ws.to_numpy(g).ravel() for g in loop_grads])
+    weight = ws.asarray(np.random.default_rng(opts.seed + 2).standard_normal(
+        (opts.batch, opts.length, opts.width)))
+    # float64 reference: autograd through the loop in float64 (independent of pcrsolve)
+    W64, b64 = (torch.as_tensor(a, dtype=torch.float64).requires_grad_(True) for a in (Wn, cn))
+    loss64 = (mlp_functions(W64, b64)["loop"](torch.as_tensor(x0n))
+              * weight.detach().cpu().double()).sum()
+    ref = np.concatenate([g.numpy().ravel() for g in torch.autograd.grad(loss64, [W64, b64])])
+    rows, baselines, notes = [], [], []
+    for base in adjoint_baselines(ws, W, b, x0, weight):
+        out, times, peak = measure(ws, base.run, opts.repeat)
+        rows.append(Row(base.name, median(times), times,
+                        relative_error(base.to_numpy(out), ref), peak))
+        baselines.append(base.name)
+        notes.append(f"  {base.name}: {base.note}")
     sol = solve(fns["step"], x0, opts.length, jacobian=fns["jacobian"], params=[W, b],
                 tol=opts.tol)
-    grads, times, peak = measure(ws, backward_of(sol.states), opts.repeat)
+    loss = (sol.states * weight).sum()
+    grads, times, peak = measure(ws, lambda: torch.autograd.grad(loss, [W, b],
+                                                                 retain_graph=True),
+                                 opts.repeat)
     got = np.concatenate([ws.to_numpy(g).ravel() for g in grads])
     rows.append(Row("pcrsolve adjoint", median(times), times, relative_error(got, ref), peak,
                     {"forward iterations": sol.iterations}))
+    notes.append("  pcrsolve adjoint: forward solved once, untimed; the backward's "
+                 "reverse linear solve + one batched VJP")
     return Report("adjoint", {**_problem(opts, ws), "tol": opts.tol}, rows,
-                  "autograd through loop", machine_description(ws.backend, str(ws.device)))
+                  machine=machine_description(ws.backend, str(ws.device)),
+                  baselines=baselines, notes=notes, slower_reason=SLOWER_REASON_ADJOINT)
