@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import secrets
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,17 +107,36 @@ def backend(request: pytest.FixtureRequest) -> BackendCase:
     return request.param()
 
 
-SESSION_SEED = int(os.environ.get("PCRSOLVE_SEED", secrets.randbelow(2**31)))
+# One seeding scheme: every test draws from generators seeded by (session seed, test id), so
+# a run is the same every time and a failure replays exactly. The session seed defaults to 0;
+# PCRSOLVE_SEED=<n> runs the suite on other data (the header prints the seed in use).
+SESSION_SEED = int(os.environ.get("PCRSOLVE_SEED", "0"))
 
 
 def pytest_report_header() -> str:
-    return f"pcrsolve random seed: PCRSOLVE_SEED={SESSION_SEED} (set it to replay a run)"
+    return f"pcrsolve random seed: PCRSOLVE_SEED={SESSION_SEED} (set it to replay or vary a run)"
+
+
+def _test_seed(request: pytest.FixtureRequest) -> int:
+    return zlib.crc32(f"{SESSION_SEED}:{request.node.nodeid}".encode())
 
 
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
-    """Fresh random inputs every run; ``PCRSOLVE_SEED`` (printed in the header) replays."""
+    """A NumPy generator seeded by (session seed, test id)."""
     return np.random.default_rng([SESSION_SEED, zlib.crc32(request.node.nodeid.encode())])
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch(request: pytest.FixtureRequest) -> None:
+    """Seed torch's global generator by (session seed, test id) before each test.
+
+    Only when something already imported torch (importing pcrsolve with NumPy never imports
+    torch, and a test checks that); a test module that uses torch imports it first.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(_test_seed(request))
 
 
 def tolerance(dtype: str, L: int = 1, factor: float = 50.0) -> float:
