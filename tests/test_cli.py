@@ -10,35 +10,101 @@ import pytest
 from pcrsolve.cli import main
 
 
+def check_reference_is_fastest_baseline(data: dict, bound: float) -> None:
+    """The reported reference is the baseline row with the smallest median; every row
+    (baselines included) agrees with the float64 loop; ratios are against the reference."""
+    baselines = [r for r in data["rows"] if r["baseline"]]
+    assert baselines, "no sequential contender was timed"
+    assert data["reference"] == min(baselines, key=lambda r: r["median_s"])["name"]
+    assert set(data["baselines"]) == {r["name"] for r in baselines}
+    ref_time = next(r["median_s"] for r in data["rows"] if r["name"] == data["reference"])
+    for r in data["rows"]:
+        assert r["rel_error"] < bound, r
+        assert r["ratio_vs_reference"] == pytest.approx(ref_time / r["median_s"])
+    assert data["verdict"]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("structure", ["dense", "diagonal", "scalar"])
-def test_bench_linear_table_and_json(tmp_path, capsys, structure):
+def test_bench_linear_table_and_json(tmp_path, capsys, structure, reverse):
     out = tmp_path / "r.json"
-    assert main(["bench", "linear", "--structure", structure, "-L", "300", "-w", "3", "-B", "2",
-                 "--repeat", "2", "--json", str(out)]) == 0
+    w = 1 if structure == "scalar" else 3
+    args = ["bench", "linear", "--structure", structure, "-L", "300", "-w", str(w), "-B", "2",
+            "--repeat", "2", "--json", str(out)]
+    assert main(args + (["--reverse"] if reverse else [])) == 0
     text = capsys.readouterr().out
-    for method in ("sequential", "pcr", "cr", "chunked", "auto"):
-        assert method in text
     data = json.loads(out.read_text())[0]
     assert data["problem"]["L"] == 300
-    assert {r["name"] for r in data["rows"]} == {"sequential", "pcr", "cr", "chunked", "auto"}
-    assert all(r["rel_error"] < 1e-12 for r in data["rows"])
+    names = {r["name"] for r in data["rows"]}
+    assert {f"pcrsolve {m}" for m in ("sequential", "pcr", "cr", "chunked", "auto")} <= names
+    # the lean loop always runs on NumPy: floats for width-1 chains, ufuncs otherwise
+    assert ("Python float loop" if w == 1 else "NumPy loop (in-place)") in names
+    check_reference_is_fastest_baseline(data, 1e-12)
+    assert f"reference: {data['reference']}" in text
+    assert data["verdict"] in text
 
 
-def test_bench_newton_and_adjoint(capsys):
+def test_bench_linear_float32_errors_within_dtype_bound(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["bench", "linear", "--structure", "diagonal", "-L", "500", "-w", "2",
+                 "--dtype", "float32", "--repeat", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())[0]
+    check_reference_is_fastest_baseline(data, 1e-5)
+
+
+def test_bench_newton_numpy_baselines(tmp_path, capsys):
+    out = tmp_path / "n.json"
+    assert main(["bench", "newton", "-L", "200", "-w", "1", "--repeat", "1",
+                 "--mode", "newton", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())[0]
+    names = {r["name"] for r in data["rows"]}
+    assert {"numpy eager loop", "Python math.tanh loop", "pcrsolve newton"} <= names
+    check_reference_is_fastest_baseline(data, 1e-10)
+    assert "CONVERGED" in text and data["verdict"] in text
+
+
+def test_bench_newton_and_adjoint(tmp_path, capsys):
     pytest.importorskip("torch")
+    out = tmp_path / "n.json"
     assert main(["bench", "newton", "--backend", "torch", "-L", "64", "-w", "3", "-B", "2",
-                 "--repeat", "1", "--mode", "newton", "quasi"]) == 0
+                 "--repeat", "1", "--mode", "newton", "quasi", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "pcrsolve newton" in text and "CONVERGED" in text
+    data = json.loads(out.read_text())[0]
+    assert "torch eager loop" in {r["name"] for r in data["rows"]}
+    check_reference_is_fastest_baseline(data, 1e-8)  # Newton stops at the default tol
     assert main(["bench", "adjoint", "--backend", "torch", "-L", "64", "-w", "3",
-                 "--repeat", "1"]) == 0
+                 "--repeat", "1", "--json", str(out)]) == 0
     assert "pcrsolve adjoint" in capsys.readouterr().out
+    data = json.loads(out.read_text())[0]
+    assert {"autograd through eager loop", "reverse VJP loop (analytic J^T)"} <= set(
+        data["baselines"])
+    check_reference_is_fastest_baseline(data, 1e-10)
 
 
 def test_demo_small(capsys):
     assert main(["demo", "--small"]) == 0
-    text = capsys.readouterr().out
-    assert "linear, scalar" in text and "logistic map" in text
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "linear recurrence" in text and "logistic map" in text and "backward" in text
+    assert "<- best loop" in text and "0.0x" not in text
+    # every part names its best loop and gives a verdict; a slower result says why
+    assert text.count("=> ") >= 3
+    for line in text.splitlines():
+        if "SLOWER than the best loop" in line:
+            assert "on a CPU the loop wins" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "running" not in text  # progress never lands among the results
+
+
+def test_demo_exit_status_flags_disagreement(monkeypatch, capsys):
+    from pcrsolve.bench import demo
+
+    real = demo.solve_linear
+    monkeypatch.setattr(demo, "solve_linear", lambda system: real(system) * 1.001)
+    assert main(["demo", "--small"]) == 1
+    assert "DISAGREEMENT" in capsys.readouterr().out
 
 
 def test_bad_options_exit_with_usage():

@@ -48,6 +48,8 @@ __all__ = [
     "available",
     "linear_baselines",
     "linear_reference",
+    "logistic_baselines",
+    "logistic_reference",
     "mlp_baselines",
     "mlp_reference",
 ]
@@ -591,4 +593,90 @@ def adjoint_baselines(ws: Workspace, W: Any, c: Any, x0: Any, weight: Any) -> li
 
     out.append(Baseline("reverse VJP loop (analytic J^T)", reverse_vjp, flat,
                         "states stored, then one matvec per step"))
+    return out
+
+
+# -- the logistic map (a scalar nonlinear recurrence) ---------------------------------------
+
+
+def logistic_reference(r: float, x0: np.ndarray, L: int) -> np.ndarray:
+    """``x_l = r x_{l-1} (1 - x_{l-1})`` on Python floats; ``(B, L, 1)`` float64.
+
+    Parameters
+    ----------
+    r : float
+    x0 : np.ndarray, shape (B, 1)
+    L : int
+    """
+    return _float_logistic(r, _f64(x0), L)()
+
+
+def _float_logistic(r: float, x0: np.ndarray, L: int) -> Callable[[], np.ndarray]:
+    def run() -> np.ndarray:
+        out = np.empty((x0.shape[0], L, 1))
+        for i in range(x0.shape[0]):
+            x, xs = float(x0[i, 0]), []
+            append = xs.append
+            for _ in range(L):
+                x = r * x * (1.0 - x)
+                append(x)
+            out[i, :, 0] = xs
+        return out
+
+    return run
+
+
+def logistic_baselines(ws: Workspace, r: float, x0: np.ndarray, L: int) -> list[Baseline]:
+    """Sequential contenders for the logistic map ``x_l = r x_{l-1} (1 - x_{l-1})``.
+
+    Parameters
+    ----------
+    ws : Workspace
+    r : float
+    x0 : np.ndarray, shape (B, 1)
+    L : int
+
+    Returns
+    -------
+    list of Baseline
+        The eager loop in the workspace's library, the float loop (CPU, few chains) and
+        numba (when installed); each ``run()`` returns ``(B, L, 1)``.
+    """
+    if x0.ndim != 2 or x0.shape[1] != 1:
+        raise ValueError(f"`x0` must have shape (B, 1); got {x0.shape}")
+    xp, xt = ws.xp, ws.asarray(x0)
+
+    def eager() -> Any:
+        out, x = [], xt
+        for _ in range(L):
+            x = r * x * (1.0 - x)
+            out.append(x)
+        return xp.stack(out, axis=1)
+
+    out = [Baseline(f"{ws.backend} eager loop", eager, ws.to_numpy, "one array op per step")]
+    if _on_cpu(ws) and x0.shape[0] <= FLOAT_LOOP_MAX_CHAINS:
+        out.append(Baseline("Python float loop", _float_logistic(r, _f64(x0), L), _f64,
+                            "float64"))
+    if _on_cpu(ws) and available("numba"):
+        if "logistic" not in _NUMBA:
+            import numba
+
+            @numba.njit(cache=False)
+            def kernel(r, x0, out):  # pragma: no cover - compiled
+                for i in range(x0.shape[0]):
+                    x = x0[i, 0]
+                    for l in range(out.shape[1]):
+                        x = r * x * (1.0 - x)
+                        out[i, l, 0] = x
+
+            _NUMBA["logistic"] = kernel
+        kernel = _NUMBA["logistic"]
+        xn = np.ascontiguousarray(x0, dtype=np.dtype(ws.dtype_name))
+
+        def jitted() -> np.ndarray:
+            res = np.empty((x0.shape[0], L, 1), dtype=xn.dtype)
+            kernel(r, xn, res)
+            return res
+
+        out.append(Baseline("numba @njit loop", jitted, _f64, COMPILE_NOTE))
     return out

@@ -1,17 +1,24 @@
-"""``python -m pcrsolve demo``: a short tour, each part checked against the loop.
+"""``python -m pcrsolve demo``: a short tour, each part against every sequential loop.
 
-1. a long linear recurrence (scalar blocks): the reference loop vs ``method="auto"``;
-2. a nonlinear recurrence, the logistic map at a contracting parameter: the loop vs
-   Newton-PCR (iterations, agreement, speed-up);
-3. a tanh MLP forward and backward (torch, if installed): the eager loop and autograd
-   through it vs Newton-PCR and the adjoint solve.
+1. a long linear recurrence (scalar blocks): the loops vs ``method="auto"``;
+2. its backward pass (the adjoint: a transposed linear recurrence run in reverse);
+3. a nonlinear recurrence, the logistic map at a contracting parameter: the loops vs
+   Newton-PCR (iterations, agreement);
+4. with torch installed: ``ParallelSequential`` (the adapter) vs ``nn.Sequential``,
+   forward and backward of a tanh MLP.
+
+Each part times every sequential contender of :mod:`pcrsolve.bench.baselines` that this
+machine has (a Python float loop, numba, ...) and compares pcrsolve with the *fastest*,
+which the output names; where pcrsolve is slower, one line says so and why. Progress goes
+to stderr (when it is a terminal) and is erased before a part's result is printed.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import statistics
+import sys
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -19,10 +26,20 @@ import numpy as np
 from ..linear import choose_method, solve_linear
 from ..newton import solve
 from ..system import BidiagonalSystem
+from .baselines import (
+    Baseline,
+    linear_baselines,
+    linear_reference,
+    logistic_baselines,
+    logistic_reference,
+)
 from .harness import Workspace, machine_description, measure, relative_error
-from .newton import mlp_functions
 
 __all__ = ["run_demo"]
+
+WIDTH = 80
+SLOWER_WHY = ("on a CPU the loop wins: the parallel solve does more work, and its "
+              "O(log L) depth pays on wide hardware (GPU; see `bench gpu`)")
 
 
 def _time(ws: Workspace, fn: Any, repeat: int) -> tuple[Any, float]:
@@ -30,21 +47,46 @@ def _time(ws: Workspace, fn: Any, repeat: int) -> tuple[Any, float]:
     return out, statistics.median(times)
 
 
-def _line(name: str, t_ref: float, t_new: float, err: float, note: str = "",
-          residuals: list[float] | None = None) -> dict[str, Any]:
-    """One part's result (printed by :func:`_format`, drawn by :func:`_plot`)."""
-    return {"name": name, "loop_s": t_ref, "pcrsolve_s": t_new, "rel_error": err,
-            "note": note, "residuals": residuals}
+def _record(title: str, ws: Workspace, baselines: list[Baseline], ref: np.ndarray,
+            ours: str, run: Any, to_numpy: Any, repeat: int, note: str = "",
+            residuals: Any = None) -> dict[str, Any]:
+    """Time every baseline and pcrsolve's ``run``; errors against the float64 ``ref``."""
+    rows = []
+    for base in baselines:
+        out, t = _time(ws, base.run, repeat)
+        rows.append({"name": base.name, "seconds": t, "baseline": True,
+                     "rel_error": relative_error(base.to_numpy(out), ref)})
+    out, t = _time(ws, run, repeat)
+    rows.append({"name": ours, "seconds": t, "baseline": False,
+                 "rel_error": relative_error(to_numpy(out), ref)})
+    best = min((r for r in rows if r["baseline"]), key=lambda r: r["seconds"])
+    return {"title": title, "rows": rows, "best": best["name"], "ours": ours,
+            "speedup": best["seconds"] / t if t > 0 else float("inf"), "note": note,
+            "residuals": residuals(out) if residuals else None}
 
 
-def _format(r: dict[str, Any]) -> str:
-    return (f"  {r['name']:<34} loop {r['loop_s'] * 1e3:9.2f} ms   pcrsolve "
-            f"{r['pcrsolve_s'] * 1e3:8.2f} ms   speed-up {r['loop_s'] / r['pcrsolve_s']:6.1f}x"
-            f"   rel. error {r['rel_error']:.1e}  {r['note']}")
+def _format(i: int, rec: dict[str, Any]) -> str:
+    lines = [f"{i}. {rec['title']}"]
+    for r in rec["rows"]:
+        tag = "  <- best loop" if r["name"] == rec["best"] else ""
+        lines.append(f"     {r['name']:<30}{r['seconds'] * 1e3:10.2f} ms   "
+                     f"rel err {r['rel_error']:.0e}{tag}")
+    up = rec["speedup"]
+    if up >= 1:
+        verdict = (f"=> {rec['ours']} is {up:.1f}x faster than the best loop "
+                   f"({rec['best']})")
+    else:
+        verdict = (f"=> {rec['ours']} is {1 / up:.1f}x SLOWER than the best loop "
+                   f"({rec['best']}): {SLOWER_WHY}")
+    if rec["note"]:
+        verdict += f"; {rec['note']}"
+    lines += textwrap.wrap(verdict, WIDTH - 1, initial_indent="   ",
+                           subsequent_indent="      ")
+    return "\n".join(lines)
 
 
-def _plot(records: list[dict[str, Any]], folder: str) -> list[str]:
-    """Speed-ups as bars and the Newton residual histories, as PNG files in ``folder``."""
+def _plot(records: list[dict[str, Any]], folder: str, machine: str) -> list[str]:
+    """Speed-ups over the best loop as diverging bars, and the Newton residual histories."""
     import os
 
     import matplotlib
@@ -54,22 +96,34 @@ def _plot(records: list[dict[str, Any]], folder: str) -> list[str]:
 
     os.makedirs(folder, exist_ok=True)
     paths = [os.path.join(folder, "demo_speedups.png"), os.path.join(folder, "demo_newton.png")]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    names = [r["name"] for r in records]
-    ups = [r["loop_s"] / r["pcrsolve_s"] for r in records]
-    ax.barh(names, ups, color=["tab:blue" if u >= 1 else "tab:red" for u in ups])
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(records)))
+    names = [f"{r['title'][:48]}\nvs {r['best']}" for r in records]
+    ups = [r["speedup"] for r in records]
+    y = np.arange(len(records))
+    ax.barh(y, [u - 1.0 for u in ups], left=1.0,
+            color=["tab:blue" if u >= 1 else "tab:red" for u in ups])
+    for yi, u in zip(y, ups, strict=True):
+        label = f"{u:.1f}x faster" if u >= 1 else f"{1 / u:.1f}x slower"
+        ax.text(u, yi, f" {label} ", va="center", ha="left" if u >= 1 else "right", fontsize=8)
+    ax.set_yticks(y, names, fontsize=7)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("speed-up over the sequential loop (log scale)")
+    lo, hi = min([*ups, 1.0]), max([*ups, 1.0])
+    ax.set_xlim(lo / 4, hi * 4)
+    ax.set_xlabel("time(best sequential loop) / time(pcrsolve), log scale: "
+                  "left of 1 = slower, right = faster")
+    ax.set_title(f"pcrsolve vs the fastest sequential loop\n{machine}", fontsize=8)
     fig.tight_layout()
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for r in records:
         if r["residuals"]:
-            ax.semilogy(range(len(r["residuals"])), r["residuals"], marker="o", label=r["name"])
+            ax.semilogy(range(len(r["residuals"])), r["residuals"], marker="o",
+                        label=r["title"][:40])
     ax.set_xlabel("Newton iteration")
     ax.set_ylabel(r"$\max\,|x_l - f_l(x_{l-1})|$")
+    ax.set_title(f"Newton-PCR convergence\n{machine}", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(paths[1], dpi=120)
@@ -77,19 +131,40 @@ def _plot(records: list[dict[str, Any]], folder: str) -> list[str]:
     return paths
 
 
+def _scalar_problem(L: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-0.95, 0.95, (1, L)), rng.standard_normal((1, L, 1)),
+            rng.standard_normal((1, 1)))
+
+
 def _linear(ws: Workspace, L: int, repeat: int) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    system = BidiagonalSystem(ws.asarray(rng.uniform(-0.95, 0.95, L)),
-                              ws.asarray(rng.standard_normal((L, 1))), structure="scalar")
-    ref, t_ref = _time(ws, lambda: solve_linear(system, method="sequential"), repeat)
-    out, t_new = _time(ws, lambda: solve_linear(system), repeat)
-    err = relative_error(ws.to_numpy(out), ws.to_numpy(ref))
-    return _line(f"linear, scalar, L={L}", t_ref, t_new, err,
-                 f"(auto chose {choose_method(system)})")
+    A, b, x0 = _scalar_problem(L, 0)
+    system = BidiagonalSystem(ws.asarray(A[0]), ws.asarray(b[0]), ws.asarray(x0[0]),
+                              structure="scalar")
+    method = choose_method(system)
+    return _record(f"linear recurrence x_l = a_l x_(l-1) + b_l, L={L}", ws,
+                   linear_baselines(ws, A, b, x0, "scalar"),
+                   linear_reference(A, b, x0, "scalar"), f"pcrsolve auto ({method})",
+                   lambda: solve_linear(system), lambda x: ws.to_numpy(x)[None], repeat)
+
+
+def _backward(ws: Workspace, L: int, repeat: int) -> dict[str, Any]:
+    # loss = sum_l g_l x_l over the states of part 1: its gradients lam_l = dloss/dx_l obey
+    # lam_l = g_l + a_(l+1) lam_(l+1), lam_(L+1) = 0: the transposed recurrence in reverse
+    A, _, _ = _scalar_problem(L, 0)
+    g = np.random.default_rng(1).standard_normal((1, L, 1))
+    shifted = np.concatenate([A[:, 1:], np.zeros((1, 1))], axis=1)
+    zero = np.zeros((1, 1))
+    system = BidiagonalSystem(ws.asarray(shifted[0]), ws.asarray(g[0]), structure="scalar",
+                              reverse=True)
+    return _record(f"its backward pass (adjoint: transposed, reversed), L={L}", ws,
+                   linear_baselines(ws, shifted, g, zero, "scalar", reverse=True),
+                   linear_reference(shifted, g, zero, "scalar", reverse=True),
+                   "pcrsolve reverse solve", lambda: solve_linear(system),
+                   lambda x: ws.to_numpy(x)[None], repeat)
 
 
 def _logistic(ws: Workspace, L: int, repeat: int) -> dict[str, Any]:
-    xp = ws.xp
     r = 2.5
 
     def step(x: Any, l: Any) -> Any:
@@ -98,97 +173,125 @@ def _logistic(ws: Workspace, L: int, repeat: int) -> dict[str, Any]:
     def jacobian(x: Any, l: Any) -> Any:
         return r * (1.0 - 2.0 * x)
 
-    x0 = ws.asarray(np.array([0.1]))
+    x0n = np.array([[0.1]])
+    x0 = ws.asarray(x0n[0])
+    iterations: list[int] = []
 
-    def loop() -> Any:
-        out, x = [], x0
-        for _ in range(L):
-            x = step(x, None)
-            out.append(x)
-        return xp.stack(out, axis=-2)
+    def run() -> Any:
+        sol = solve(step, x0, L, jacobian=jacobian, jacobian_structure="diagonal")
+        iterations[:] = [sol.iterations]
+        return sol
 
-    ref, t_ref = _time(ws, loop, repeat)
-    sol, t_new = _time(ws, lambda: solve(step, x0, L, jacobian=jacobian,
-                                         jacobian_structure="diagonal"), repeat)
-    err = relative_error(ws.to_numpy(sol.states), ws.to_numpy(ref))
-    return _line(f"logistic map r=2.5, L={L}", t_ref, t_new, err,
-                 f"({sol.iterations} Newton iterations, {sol.status.name})", sol.residuals)
+    rec = _record(f"logistic map x_l = 2.5 x_(l-1) (1 - x_(l-1)), L={L}", ws,
+                  logistic_baselines(ws, r, x0n, L), logistic_reference(r, x0n, L),
+                  "pcrsolve Newton", run, lambda sol: ws.to_numpy(sol.states)[None], repeat,
+                  residuals=lambda sol: sol.residuals)
+    rec["note"] = f"Newton converged in {iterations[0]} iterations"
+    return rec
 
 
-def _mlp(device: str | None, dtype: str, L: int, w: int, batch: int,
-         repeat: int) -> list[dict[str, Any]]:
+def _adapter(device: str | None, dtype: str, L: int, w: int, batch: int,
+             repeat: int) -> dict[str, Any]:
     import torch
+    from torch import nn
+
+    from ..adapters.torch import ParallelSequential
 
     ws = Workspace("torch", device, dtype)
-    rng = np.random.default_rng(0)
-    W = ws.asarray(rng.standard_normal((L, w, w)) / math.sqrt(w)).requires_grad_(True)
-    b = ws.asarray(0.5 * rng.standard_normal((L, w))).requires_grad_(True)
-    x0 = ws.asarray(rng.standard_normal((batch, w)))
+    torch.manual_seed(0)
+    layers = [nn.Sequential(nn.Linear(w, w), nn.Tanh()) for _ in range(L)]
+    seq = nn.Sequential(*layers).to(device=ws.device, dtype=ws.dtype)
+    par = ParallelSequential(layers)
+    x = torch.randn(batch, w, dtype=ws.dtype, device=ws.device)
+    params = list(seq.parameters())
 
-    fns = mlp_functions(W, b)
-    step, jacobian = fns["step"], fns["jacobian"]
+    def train_step(model: Any) -> Any:
+        def run() -> Any:
+            out = model(x)
+            grads = torch.autograd.grad(out.square().sum(), params)
+            return torch.cat([out.detach().ravel(), *[g.ravel() for g in grads]])
 
-    def loop() -> Any:
-        return fns["loop"](x0)
+        return run
 
-    with torch.no_grad():
-        ref, t_ref = _time(ws, loop, repeat)
-        sol, t_new = _time(ws, lambda: solve(step, x0, L, jacobian=jacobian), repeat)
-    lines = [_line(f"tanh MLP forward, L={L} w={w} B={batch}", t_ref, t_new,
-                   relative_error(ws.to_numpy(sol.states), ws.to_numpy(ref)),
-                   f"({sol.iterations} Newton iterations)", sol.residuals)]
-    weight = torch.randn(ref.shape, dtype=ws.dtype, device=ws.device)
-    loss_ref = (loop() * weight).sum()
-    loss_new = (solve(step, x0, L, jacobian=jacobian, params=[W, b]).states * weight).sum()
+    with torch.no_grad():  # float64 reference: the same layers, copied
+        ref_model = nn.Sequential(*[nn.Sequential(nn.Linear(w, w), nn.Tanh())
+                                    for _ in range(L)]).double()
+        for p, q in zip(ref_model.parameters(), seq.parameters(), strict=True):
+            p.copy_(q.detach().cpu().double())
+    xr = x.detach().cpu().double()
+    out = ref_model(xr)
+    grads = torch.autograd.grad(out.square().sum(), list(ref_model.parameters()))
+    ref = torch.cat([out.detach().ravel(), *[g.ravel() for g in grads]]).numpy()
+    base = Baseline("nn.Sequential (eager)", train_step(seq), ws.to_numpy)
+    return _record(f"torch adapter: forward+backward, tanh MLP L={L} w={w} B={batch}",
+                   ws, [base], ref, "ParallelSequential", train_step(par), ws.to_numpy,
+                   repeat, note="Newton forward, adjoint backward, same gradients")
 
-    def grads(loss: Any) -> Any:
-        return lambda: torch.autograd.grad(loss, [W, b], retain_graph=True)
 
-    g_ref, t_ref = _time(ws, grads(loss_ref), repeat)
-    g_new, t_new = _time(ws, grads(loss_new), repeat)
-    flat = lambda gs: np.concatenate([ws.to_numpy(g).ravel() for g in gs])  # noqa: E731
-    lines.append(_line(f"tanh MLP backward (adjoint), L={L}", t_ref, t_new,
-                       relative_error(flat(g_new), flat(g_ref)), "(vs autograd through loop)"))
-    return lines
+class _Progress:
+    """``label`` on stderr while a part runs (terminals only), erased before results."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.live = sys.stderr.isatty()
+
+    def __enter__(self) -> _Progress:
+        if self.live:
+            sys.stderr.write(f"\r  running {self.label} ...")
+            sys.stderr.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live:
+            sys.stderr.write("\r" + " " * (len(self.label) + 16) + "\r")
+            sys.stderr.flush()
 
 
 def run_demo(opts: Any) -> int:
-    """Run the tour and print one line per part. Returns the exit status."""
+    """Run the tour and print each part's contenders and verdict. Returns the exit status.
+
+    The status is 1 when any result (pcrsolve's or a loop's) disagrees with the float64
+    reference beyond a bound from the dtype.
+    """
     small = opts.small
     repeat = 1 if small else 3
     ws = Workspace(opts.backend, opts.device, opts.dtype)
+    machine = machine_description(ws.backend, str(ws.device))
     print("pcrsolve demo: sequential computations solved in parallel (DeepPCR)")
-    print(f"backend {ws.backend} on {ws.device}, {opts.dtype}; "
-          + machine_description(ws.backend, str(ws.device)))
-    steps = [lambda: [_linear(ws, 1 << (12 if small else 20), repeat)],
-             lambda: [_logistic(ws, 1 << (10 if small else 14), repeat)]]
-    skipped = importlib.util.find_spec("torch") is None
-    if not skipped:
+    print(textwrap.fill(f"backend {ws.backend} on {ws.device}, {opts.dtype}; {machine}",
+                        WIDTH - 1))
+    print(textwrap.fill("Each part times every sequential loop available here and compares "
+                        "pcrsolve with the fastest (rel err: against a float64 loop).",
+                        WIDTH - 1))
+    n_lin = 1 << (12 if small else 20)
+    parts = [("linear", lambda: _linear(ws, n_lin, repeat)),
+             ("backward", lambda: _backward(ws, n_lin, repeat)),
+             ("logistic map", lambda: _logistic(ws, 1 << (10 if small else 14), repeat))]
+    has_torch = importlib.util.find_spec("torch") is not None
+    if has_torch:
         device = opts.device if opts.backend == "torch" else "cpu"
-        dtype = "float32" if opts.dtype == "float32" else "float64"
-        steps.append(lambda: _mlp(device, dtype, 256 if small else 4096, 4, 8, repeat))
+        parts.append(("torch adapter", lambda: _adapter(device, opts.dtype,
+                                                        64 if small else 256, 8, 16,
+                                                        repeat)))
     records = []
-    for part in _progress(steps, enabled=not small):
-        for r in part():
-            print(_format(r))
-            records.append(r)
-    if skipped:
-        print("  tanh MLP forward/backward: skipped (install torch: pip install torch)")
+    for i, (label, part) in enumerate(parts, 1):
+        with _Progress(f"{i}/{len(parts)} {label}"):
+            rec = part()
+        print(_format(i, rec))
+        sys.stdout.flush()
+        records.append(rec)
+    if not has_torch:
+        print(f"{len(parts) + 1}. torch adapter (ParallelSequential): skipped, "
+              "torch is not installed")
     if opts.plot:
-        for path in _plot(records, opts.plot):
+        for path in _plot(records, opts.plot, machine):
             print(f"wrote {path}")
     bound = 1e-3 if opts.dtype == "float32" else 1e-8
-    bad = [r["name"] for r in records if not r["rel_error"] <= bound]
+    bad = [f"{rec['title']}: {r['name']}" for rec in records for r in rec["rows"]
+           if not r["rel_error"] <= bound]
     if bad:
-        print(f"DISAGREEMENT with the sequential loop beyond {bound:g}: {', '.join(bad)}")
+        print(f"DISAGREEMENT with the float64 loop beyond {bound:g}:")
+        for line in bad:
+            print(f"  {line}")
         return 1
     return 0
-
-
-def _progress(items: list[Any], enabled: bool) -> Any:
-    """``items`` wrapped in a tqdm progress bar (on stderr) when available and enabled."""
-    if not enabled or importlib.util.find_spec("tqdm") is None:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc="demo", unit="part", leave=False)
