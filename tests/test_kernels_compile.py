@@ -40,7 +40,16 @@ def compiled() -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("name", sorted(variants()))
-def test_kernel_variant_compiles_for_gpu_without_spills(compiled, name):
+def test_kernel_variant_compiles_for_gpu(compiled, name):
+    assert compiled[name]["error"] is None, compiled[name]["error"]
+
+
+@pytest.mark.parametrize("name", sorted(variants()))
+def test_kernel_variant_keeps_its_state_in_registers(compiled, name):
     result = compiled[name]
-    assert result["error"] is None, result["error"]
-    assert result["local"] in (0, None), f"{name}: {result['local']} bytes of spills"
+    if result["error"] is not None:
+        pytest.skip("did not compile (reported by test_kernel_variant_compiles_for_gpu)")
+    if result["local"] is None:
+        pytest.skip("cuobjdump (shipped with Triton's NVIDIA backend) was not found: "
+                    "the spill check cannot run here")
+    assert result["local"] == 0, f"{name}: {result['local']} bytes of spills"
