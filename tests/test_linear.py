@@ -75,14 +75,40 @@ def test_transpose_is_the_adjoint(backend, rng, structure, reverse):
                                rtol=1e-10, atol=1e-10)
 
 
+def _reference_residual(A, b, x0, x, structure, reverse):
+    """``x_l - A_l x_{l-1} - b_l`` (``x_{l+1}`` when reverse), step by step in float64."""
+    L, w = x.shape[-2:]
+    if structure == "dense":
+        dense = A
+    else:
+        dense = (A[..., None] if structure == "diagonal" else A[..., None, None]) * np.eye(w)
+    out = np.empty(x.shape)
+    for l in range(L):
+        k = l + 1 if reverse else l - 1
+        prev = x0 if k in (-1, L) else x[..., k, :]
+        out[..., l, :] = x[..., l, :] - np.einsum("...ij,...j->...i", dense[..., l, :, :],
+                                                  prev) - b[..., l, :]
+    return out
+
+
 @pytest.mark.parametrize("structure", STRUCTURES)
-def test_residual_vanishes_at_solution(backend, rng, structure):
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_residual_and_neighbours_match_reference(backend, rng, structure, reverse):
     A, b, x0 = random_system(rng, structure, 20, 2, batch=(3,))
-    system = pcrsolve.BidiagonalSystem(backend(A), backend(b), backend(x0), structure=structure)
-    x = pcrsolve.solve_linear(system)
-    assert float(np.max(np.abs(backend.back(system.residual(x))))) < 1e-12
-    wrong = backend.back(x) + 1e-3
-    assert float(np.max(np.abs(backend.back(system.residual(backend(wrong)))))) > 1e-4
+    system = pcrsolve.BidiagonalSystem(backend(A), backend(b), backend(x0), structure=structure,
+                                       reverse=reverse)
+    exact = reference_solve(A, b, x0, structure, reverse)
+    eps = float(np.finfo(np.float64).eps)
+    scale = float(np.max(np.abs(exact)))
+    assert float(np.max(np.abs(backend.back(system.residual(backend(exact)))))) \
+        <= 8 * eps * scale
+    x = rng.standard_normal(exact.shape)  # any candidate: the residual is a plain formula
+    np.testing.assert_allclose(backend.back(system.residual(backend(x))),
+                               _reference_residual(A, b, x0, x, structure, reverse),
+                               rtol=0, atol=64 * eps * float(np.max(np.abs(x))))
+    shifted = np.concatenate([x[..., 1:, :], x0[..., None, :]], axis=-2) if reverse else \
+        np.concatenate([x0[..., None, :], x[..., :-1, :]], axis=-2)
+    np.testing.assert_array_equal(backend.back(system.neighbours(backend(x))), shifted)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -134,8 +160,8 @@ def test_half_precision_is_accumulated_in_float32(rng):
     x = pcrsolve.solve_linear(system, method="cr")
     assert x.dtype == torch.bfloat16
     # reference: the same rounded inputs, solved in float64
-    ref = reference_solve(*(t.double().numpy() for t in system.forward_arrays()[:2]),
-                          x0=system.forward_arrays()[2].double().numpy(), structure="diagonal")
+    rounded = [torch.as_tensor(t, dtype=torch.bfloat16).double().numpy() for t in (A, b, x0)]
+    ref = reference_solve(*rounded[:2], x0=rounded[2], structure="diagonal")
     assert rel_err(x.double().numpy(), ref) <= 2 * float(torch.finfo(torch.bfloat16).eps)
     x16 = pcrsolve.solve_linear(pcrsolve.BidiagonalSystem(
         A.astype(np.float16), b.astype(np.float16), structure="diagonal"), method="pcr")
