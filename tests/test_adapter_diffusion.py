@@ -36,31 +36,43 @@ def make_denoiser(rng: np.random.Generator, T: int, convert, d: int = D):
     return eps, eps_np
 
 
-def reference_ddpm(eps_np, x_T, z, schedule):
-    """Ho et al. (2020), Algorithm 2, written from the paper: a plain NumPy loop."""
+def reference_ddpm(eps_np, x_T, z, schedule, posterior=False):
+    """Ho et al. (2020), Algorithm 2, written from the paper: a plain NumPy loop.
+
+    ``posterior=True`` takes the paper's other variance, sigma_t^2 = beta~_t =
+    (1 - abar_{t-1}) / (1 - abar_t) beta_t (Ho et al., sec. 3.2).
+    """
     beta = np.asarray(schedule.betas)
     alpha = 1 - beta
     abar = np.cumprod(alpha)
     x, out = np.asarray(x_T, np.float64), []
     for l, t in enumerate(range(schedule.T, 0, -1)):
         e = eps_np(x[..., None, :], np.array([t]))[..., 0, :]
-        sigma = math.sqrt(beta[t - 1]) if t > 1 else 0.0
+        if t == 1:
+            sigma = 0.0
+        elif posterior:
+            sigma = math.sqrt((1 - abar[t - 2]) / (1 - abar[t - 1]) * beta[t - 1])
+        else:
+            sigma = math.sqrt(beta[t - 1])
         x = (x - beta[t - 1] / math.sqrt(1 - abar[t - 1]) * e) / math.sqrt(alpha[t - 1]) \
             + sigma * z[..., l, :]
         out.append(x)
     return np.stack(out, axis=-2)
 
 
-def reference_ddim(eps_np, x_T, schedule, taus):
-    """Song et al. (2021), eq. 12 with eta = 0, via the predicted x_0."""
+def reference_ddim(eps_np, x_T, schedule, taus, eta=0.0, z=None):
+    """Song et al. (2021), eq. 12, via the predicted x_0; sigma from eq. 16 scaled by eta."""
     abar = np.concatenate([[1.0], np.cumprod(1 - np.asarray(schedule.betas))])
     x, out = np.asarray(x_T, np.float64), []
     seq = [0, *taus]
-    for i in range(len(taus), 0, -1):
+    for l, i in enumerate(range(len(taus), 0, -1)):
         t, s = seq[i], seq[i - 1]
         e = eps_np(x[..., None, :], np.array([t]))[..., 0, :]
         x0 = (x - math.sqrt(1 - abar[t]) * e) / math.sqrt(abar[t])
-        x = math.sqrt(abar[s]) * x0 + math.sqrt(1 - abar[s]) * e
+        sigma = eta * math.sqrt((1 - abar[s]) / (1 - abar[t]) * (1 - abar[t] / abar[s]))
+        x = math.sqrt(abar[s]) * x0 + math.sqrt(1 - abar[s] - sigma**2) * e
+        if sigma:
+            x = x + sigma * z[..., l, :]
         out.append(x)
     return np.stack(out, axis=-2)
 
@@ -104,6 +116,34 @@ def test_ddim_plan_matches_paper(rng: np.random.Generator) -> None:
                                 timesteps=None if len(taus) == T else taus)
         np.testing.assert_allclose(got, reference_ddim(eps_np, x_T, s, taus),
                                    rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_stochastic_ddim_matches_paper(rng: np.random.Generator, eta: float) -> None:
+    T = 50
+    s = NoiseSchedule.linear(T, beta_end=0.05)
+    eps, eps_np = make_denoiser(rng, T, lambda a: a)
+    taus = s.subsequence(10)
+    x_T, z = rng.standard_normal((2, D)), rng.standard_normal((2, len(taus), D))
+    ref = reference_ddim(eps_np, x_T, s, taus, eta=eta, z=z)
+    got = sample_sequential(eps, x_T, s, sampler="ddim", timesteps=taus, eta=eta, noise=z)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    sol = sample(eps, x_T, s, sampler="ddim", timesteps=taus, eta=eta, noise=z, tol=1e-12)
+    assert sol.converged
+    np.testing.assert_allclose(sol.states, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_ddpm_posterior_variance_matches_paper(rng: np.random.Generator) -> None:
+    T = 40
+    s = NoiseSchedule.linear(T, beta_end=0.05)
+    eps, eps_np = make_denoiser(rng, T, lambda a: a)
+    x_T, z = rng.standard_normal((2, D)), rng.standard_normal((2, T, D))
+    ref = reference_ddpm(eps_np, x_T, z, s, posterior=True)
+    got = sample_sequential(eps, x_T, s, noise=z, variance="posterior")
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    sol = sample(eps, x_T, s, noise=z, variance="posterior", tol=1e-12)
+    assert sol.converged
+    np.testing.assert_allclose(sol.states, ref, rtol=1e-9, atol=1e-9)
 
 
 def test_ddim_eta_one_is_ddpm_with_posterior_variance() -> None:
@@ -220,11 +260,12 @@ def test_gradients_through_sampler_torch(rng: np.random.Generator) -> None:
 def test_make_step_is_the_recurrence(rng: np.random.Generator) -> None:
     T = 20
     s = NoiseSchedule.linear(T)
-    eps, _ = make_denoiser(rng, T, lambda a: a)
+    eps, eps_np = make_denoiser(rng, T, lambda a: a)
     x_T, z = rng.standard_normal((2, D)), rng.standard_normal((2, T, D))
     step = make_step(eps, plan_sampler(s), x_T, z)
     sol = pcrsolve.solve(step, x_T, T, mode="sequential")
-    np.testing.assert_allclose(sol.states, sample_sequential(eps, x_T, s, noise=z), rtol=1e-14)
+    np.testing.assert_allclose(sol.states, reference_ddpm(eps_np, x_T, z, s), rtol=1e-12,
+                               atol=1e-12)
 
 
 # -- bad input ------------------------------------------------------------------------------
