@@ -32,15 +32,19 @@ from typing import Any
 
 import numpy as np
 
-from .harness import machine_description, suite
+from .baselines import adjoint_baselines, mlp_baselines
+from .harness import Workspace, machine_description, suite
 
 __all__ = [
     "SIZES",
     "compare",
+    "ddpm_loop",
     "digits_ddpm",
     "format_speedup",
+    "gru_cell_loop",
     "gru_long_sequence",
     "machine_label",
+    "mlp_loops",
     "mlp_speedup_grid",
     "plot_ddpm",
     "plot_grid",
@@ -48,6 +52,7 @@ __all__ = [
     "plot_resnet",
     "progress",
     "resnet_digits",
+    "slower_note",
     "speedup_text",
     "text_colour",
     "train_digits_denoiser",
@@ -279,12 +284,22 @@ def _mlp_parts(W: Any, b: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
     return step, jacobian
 
 
-def _mlp_loops(W: Any, b: Any, x0: Any) -> dict[str, Callable[[], Any]]:
-    """The sequential forward passes a user would write, each returning ``(B, L, w)``.
+def mlp_loops(W: Any, b: Any, x0: Any) -> dict[str, Callable[[], Any]]:
+    """The sequential forward passes of ``x_l = tanh(W_l x_{l-1} + b_l)`` a user would write.
 
-    ``preallocated``: one output buffer, ``addmm`` and ``tanh_`` written into it in place,
-    weights split into per-layer views once (like a model's parameter list); ``stacked``:
-    the plain loop (``tanh(x @ W_l.T + b_l)``, list, ``stack``), which autograd can follow.
+    Parameters
+    ----------
+    W : torch.Tensor, shape (L, w, w)
+    b : torch.Tensor, shape (L, w)
+    x0 : torch.Tensor, shape (B, w)
+
+    Returns
+    -------
+    dict of callables
+        Each returns the states ``(B, L, w)``. ``"preallocated"``: one output buffer,
+        ``addmm`` and ``tanh_`` written into it in place, weights split into per-layer views
+        once (like a model's parameter list); ``"stacked"``: the plain loop
+        (``tanh(x @ W_l.T + b_l)``, list, ``stack``), which autograd can follow.
     """
     import torch
 
@@ -315,7 +330,6 @@ def _mlp_loops(W: Any, b: Any, x0: Any) -> dict[str, Callable[[], Any]]:
 MLP_LOOP = "eager loop (no_grad, preallocated)"
 MLP_LOOP_STACKED = "eager loop (no_grad, list + stack)"
 MLP_LOOP_GRAPH = "eager loop in a CUDA graph"
-MLP_AUTOGRAD = "autograd through the eager loop"
 
 
 def mlp_speedup_grid(
@@ -329,8 +343,12 @@ def mlp_speedup_grid(
     ``W_l ~ N(0, 1/w)`` runs on a batch of inputs. Forward: :func:`pcrsolve.solve`
     (analytic Jacobian) against the eager loop under ``torch.no_grad`` (preallocated
     output, in-place ``addmm``/``tanh_``; the plain list-and-stack loop; on CUDA the
-    preallocated loop captured in a CUDA graph), the fastest of which is the baseline.
-    Backward: the adjoint solve against autograd through the eager loop.
+    preallocated loop captured in a CUDA graph) and every contender of
+    :func:`pcrsolve.bench.baselines.mlp_baselines` (numba, Python-float, jax loops where
+    they apply; compilation in the untimed warm-up), the fastest of which is the baseline.
+    Backward: the adjoint solve against
+    :func:`pcrsolve.bench.baselines.adjoint_baselines` (autograd through the eager loop,
+    the reverse loop of VJPs).
 
     Parameters
     ----------
@@ -370,8 +388,10 @@ def mlp_speedup_grid(
         W.requires_grad_(True)
         b.requires_grad_(True)
         step, jac = _mlp_parts(W, b)
-        loops = _mlp_loops(W, b, x0)
+        loops = mlp_loops(W, b, x0)
 
+        ws = Workspace("torch", device, dtype)
+        Wn, bn, xn = (t.detach().cpu().double().numpy() for t in (W, b, x0))
         fwd: dict[str, float | str] = {}
         with torch.no_grad():
             ref, fwd[MLP_LOOP] = _median_time(loops["preallocated"], repeat, device)
@@ -380,19 +400,24 @@ def mlp_speedup_grid(
             graphed = _cuda_graphed(loops["preallocated"], device)
             fwd[MLP_LOOP_GRAPH] = graphed if isinstance(graphed, str) else \
                 _median_time(graphed, repeat, device)[1]
+            # every other sequential contender of this machine (numba, float, jax loops)
+            for base in mlp_baselines(ws, Wn, bn, xn):
+                fwd[base.name] = _median_time(base.run, repeat, device)[1]
             sol, t_par = _median_time(lambda step=step, jac=jac, x0=x0, L=L: solve(
                 step, x0, L, jacobian=jac, tol=tol, throw=False), repeat, device)
         weight = torch.randn(ref.shape, generator=g, dtype=dt).to(device)
-        loss_loop = (loops["stacked"]() * weight).sum()
+        bwd: dict[str, float | str] = {}
+        for base in adjoint_baselines(ws, W, b, x0, weight):
+            bwd[base.name] = _median_time(base.run, repeat, device)[1]
         loss_par = (solve(step, x0, L, jacobian=jac, tol=tol, params=[W, b]).states
                     * weight).sum()
-        grads_loop, tb_loop = _time_gradient(loss_loop, [W, b], repeat, device)
         grads_par, tb_par = _time_gradient(loss_par, [W, b], repeat, device)
+        grads_ref = torch.autograd.grad((loops["stacked"]() * weight).sum(), [W, b])
         scale = max(float(ref.abs().max()), 1e-30)
         gdiff = max(float((a - c).abs().max() / max(float(c.abs().max()), 1e-30))
-                    for a, c in zip(grads_par, grads_loop, strict=True))
+                    for a, c in zip(grads_par, grads_ref, strict=True))
         forward = compare(fwd, t_par)
-        backward = compare({MLP_AUTOGRAD: tb_loop}, tb_par)
+        backward = compare(bwd, tb_par)
         records.append({
             "L": L, "w": w, "batch": batch, "device": device, "dtype": dtype,
             "forward": forward, "backward": backward,
@@ -706,9 +731,25 @@ def train_digits_denoiser(data: Any, schedule: Any, steps: int, seed: int, *,
     return model
 
 
-def _ddpm_loop(model: Any, x_T: Any, schedule: Any, z: Any) -> Callable[[], Any]:
-    """The lean sequential DDPM sampler: coefficients as Python floats, timesteps prepared
-    once, output preallocated; one denoiser call per step. Returns ``(n, T, D)``."""
+def ddpm_loop(model: Any, x_T: Any, schedule: Any, z: Any) -> Callable[[], Any]:
+    """The lean sequential DDPM sampler, one denoiser call per step.
+
+    Coefficients are Python floats, timesteps prepared once, the output preallocated.
+
+    Parameters
+    ----------
+    model : callable
+        ``eps(x, t)`` as :func:`pcrsolve.adapters.diffusion.sample` takes it.
+    x_T : torch.Tensor, shape (n, D)
+    schedule : pcrsolve.adapters.diffusion.NoiseSchedule
+    z : torch.Tensor, shape (n, T, D)
+        The pre-sampled noise, as :func:`~pcrsolve.adapters.diffusion.sample` takes it.
+
+    Returns
+    -------
+    callable
+        ``loop() -> (n, T, D)``: the trajectory, laid out as ``sample``'s ``states``.
+    """
     import torch
 
     from ..adapters.diffusion import plan_sampler
@@ -787,7 +828,7 @@ def digits_ddpm(
     x_T = torch.randn(samples, 64, generator=g, dtype=dt).to(device)
     z = torch.randn(samples, T, 64, generator=g, dtype=dt).to(device)
     base: dict[str, float | str] = {}
-    lean = _ddpm_loop(model, x_T, schedule, z)
+    lean = ddpm_loop(model, x_T, schedule, z)
     stages = ["lean loop", "adapter loop", "CUDA graph", "pcrsolve"]
     with torch.no_grad():
         for stage in progress(stages, "(c) DDPM sampling", progress_bar):
@@ -848,8 +889,20 @@ def plot_ddpm(res: dict[str, Any], path: str, *, title: str | None = None,
 
 
 # -- (d) a GRU over a long sequence ------------------------------------------------------------
-def _gru_loop(cell: Any, u: Any, h0: Any) -> Callable[[], Any]:
-    """``h_t = cell(u_t, h_{t-1})`` one step at a time, output preallocated: ``(B, T, H)``."""
+def gru_cell_loop(cell: Any, u: Any, h0: Any) -> Callable[[], Any]:
+    """``h_t = cell(u_t, h_{t-1})`` one step at a time, output preallocated.
+
+    Parameters
+    ----------
+    cell : torch.nn.GRUCell (or any ``cell(u_t, h) -> h``)
+    u : torch.Tensor, shape (B, T, I)
+    h0 : torch.Tensor, shape (B, H)
+
+    Returns
+    -------
+    callable
+        ``loop() -> (B, T, H)``, the outputs ``h_1 .. h_T``.
+    """
     import torch
 
     us = u.unbind(1)
@@ -931,7 +984,7 @@ def gru_long_sequence(
             if stage == "nn.GRU":
                 ref, base[gru_name] = _median_time(lambda: gru(u, h0[None])[0], repeat, device)
             elif stage == "cell loop":
-                _, base[GRU_CELL_LOOP] = _median_time(_gru_loop(cell, u, h0), repeat, device)
+                _, base[GRU_CELL_LOOP] = _median_time(gru_cell_loop(cell, u, h0), repeat, device)
             elif stage == "pcrsolve":
                 sol, t_par = _median_time(lambda: run_cell(cell, u, h0, throw=False), repeat,
                                           device)
