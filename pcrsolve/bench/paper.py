@@ -867,7 +867,7 @@ def plot_ddpm(res: dict[str, Any], path: str, *, title: str | None = None,
     n = len(seq)
     cols = min(8, n)
     rows = math.ceil(n / cols)
-    fig = plt.figure(layout="constrained", figsize=(2 * cols * 0.85 + 0.6, rows * 0.85 + 2.3))
+    fig = plt.figure(layout="constrained", figsize=(2 * cols * 0.85 + 0.6, rows * 0.85 + 1.9))
     halves = fig.subfigures(1, 2, wspace=0.04)
     cmp = res["sampling"]
     heads = (
