@@ -24,6 +24,7 @@ from .newton import MODES, default_tolerance, solve
 from .result import Solution, Status
 from .steps import vectorize_step
 from .system import BidiagonalSystem
+from .tridiagonal import TridiagonalSystem, solve_tridiagonal
 
 __version__ = "0.1.0"
 
@@ -41,11 +42,13 @@ __all__ = [
     "Solution",
     "Status",
     "StepFunctionError",
+    "TridiagonalSystem",
     "choose_method",
     "default_tolerance",
     "iterate",
     "residual",
     "solve",
     "solve_linear",
+    "solve_tridiagonal",
     "vectorize_step",
 ]

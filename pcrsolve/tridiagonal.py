@@ -457,8 +457,8 @@ class TridiagonalSystem:
 
         Returns
         -------
-        lower, diag, upper : arrays, shape (*block_batch_shape, L, <block>)
-        rhs : array, shape (*batch_shape, L, w)
+        lower, diag, upper : arrays, shape (..., L, <block>)
+        rhs : array, shape (..., L, w)
         """
         xp, s, L, w = self.xp, self.structure, self.length, self.width
         dt = self.work_dtype if dtype is None else dtype
