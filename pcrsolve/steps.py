@@ -124,9 +124,10 @@ def call_step(fn: Callable[..., Any], x_prev: Any, l: Any, name: str = "step") -
                 f"{_describe(x_prev, l)}, but works on one state at a time: it looks like a "
                 f"one-step-at-a-time function. {CONVENTION}"
             ) from exc
-        exc.add_note(f"pcrsolve: raised by `{name}` on its first call, {_describe(x_prev, l)} "
-                     "(step functions are called vectorized over steps; "
-                     "pcrsolve.vectorize_step wraps a one-step-at-a-time function)")
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(f"pcrsolve: raised by `{name}` on its first call, {_describe(x_prev, l)} "
+                         "(step functions are called vectorized over steps; "
+                         "pcrsolve.vectorize_step wraps a one-step-at-a-time function)")
         raise
 
 
