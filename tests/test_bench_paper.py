@@ -98,6 +98,7 @@ def test_tiny_run_agrees_with_the_loops(tiny_run):
     for r in data["a_mlp_grid"]:
         assert r["status"] == "CONVERGED"
         assert r["state_rel_err"] < 1e3 * eps and r["grad_rel_err"] < 1e4 * eps
+        assert r["baseline_rel_err"] < 1e3 * eps  # the baselines compute the same thing
     res = data["b_resnet_digits"]
     assert res["accuracy_gap"] <= 0.02
     curves = res["parallel"]["curves"]
