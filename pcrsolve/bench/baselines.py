@@ -12,8 +12,9 @@ sequential implementation that this machine can run, each a named callable:
 * for torch and CuPy arrays, the eager per-step loop in that library (torch: fused
   ``addcmul``/``baddbmm`` per step, preallocated output).
 
-CPU contenders (float loop, numba) run whenever the workspace is on the CPU, whatever
-its library: they are what a user of that machine can write. Every contender's output is
+CPU contenders (float loop, numba) run whatever the workspace's library and device: they
+are what a user of that machine can write (for a GPU workspace they read host copies of
+the inputs, made before timing). Every contender's output is
 checked against an independent float64 loop (:func:`linear_reference`,
 :func:`mlp_reference`); the suites time them all and take the fastest as the reference
 of the speed-up column.
@@ -85,10 +86,6 @@ class Baseline:
 def available(module: str) -> bool:
     """Whether ``module`` can be imported (without importing it)."""
     return importlib.util.find_spec(module) is not None
-
-
-def _on_cpu(ws: Workspace) -> bool:
-    return str(ws.device).startswith("cpu")
 
 
 def _f64(x: Any) -> np.ndarray:
@@ -330,7 +327,8 @@ def linear_reference(A: np.ndarray, b: np.ndarray, x0: np.ndarray, structure: st
 
 
 def linear_baselines(ws: Workspace, A: np.ndarray, b: np.ndarray, x0: np.ndarray,
-                     structure: str, reverse: bool = False) -> list[Baseline]:
+                     structure: str, reverse: bool = False,
+                     eager: bool = True) -> list[Baseline]:
     """Every sequential contender for ``x_l = A_l x_{l-1} + b_l`` on this machine.
 
     Parameters
@@ -343,6 +341,9 @@ def linear_baselines(ws: Workspace, A: np.ndarray, b: np.ndarray, x0: np.ndarray
     structure : {"dense", "diagonal", "scalar"}
     reverse : bool
         Run ``x_l = A_l x_{l+1} + b_l`` from the last step down.
+    eager : bool
+        Include the per-step loop of a torch/CuPy workspace (leave it out where it would
+        take minutes and cannot win, e.g. the demo's 2^20 steps).
 
     Returns
     -------
@@ -352,10 +353,9 @@ def linear_baselines(ws: Workspace, A: np.ndarray, b: np.ndarray, x0: np.ndarray
     _check_linear(A, b, x0, structure)
     B, L, w = b.shape
     out: list[Baseline] = []
-    cpu = _on_cpu(ws)
     dt = np.dtype(ws.dtype_name)
     An, bn, xn = (np.ascontiguousarray(a, dtype=dt) for a in (A, b, x0))
-    if cpu and w == 1 and B <= FLOAT_LOOP_MAX_CHAINS:
+    if w == 1 and B <= FLOAT_LOOP_MAX_CHAINS:
         out.append(Baseline("Python float loop", _float_linear(_f64(A).reshape(B, L), _f64(b),
                                                                 _f64(x0), reverse),
                             _f64, "float64, list conversion timed"))
@@ -363,17 +363,17 @@ def linear_baselines(ws: Workspace, A: np.ndarray, b: np.ndarray, x0: np.ndarray
         out.append(Baseline("NumPy loop (in-place)", _numpy_linear(An, bn, xn, structure,
                                                                    reverse),
                             _f64, "one ufunc per step, preallocated output"))
-    if cpu and available("numba"):
+    if available("numba"):
         out.append(Baseline("numba @njit loop", _numba_linear(An, bn, xn, structure, reverse),
                             _f64, COMPILE_NOTE))
     if available("jax"):
         out.append(Baseline("jax.lax.scan (jit)", _jax_linear(An, bn, xn, structure, reverse,
                                                               ws.dtype_name),
                             _f64, COMPILE_NOTE))
-    if ws.backend == "torch":
+    if ws.backend == "torch" and eager:
         out.append(Baseline("torch eager loop", _torch_linear(ws, A, b, x0, structure, reverse),
                             ws.to_numpy, "per step: one addcmul/baddbmm"))
-    elif ws.backend != "numpy":
+    elif ws.backend != "numpy" and eager:
         out.append(Baseline(f"{ws.backend} eager loop", _eager_linear(ws, A, b, x0, structure,
                                                                      reverse),
                             ws.to_numpy, "per step: multiply-add"))
@@ -516,16 +516,15 @@ def mlp_baselines(ws: Workspace, W: np.ndarray, c: np.ndarray,
     w = c.shape[1]
     dt = np.dtype(ws.dtype_name)
     Wn, cn, xn = (np.ascontiguousarray(a, dtype=dt) for a in (W, c, x0))
-    cpu = _on_cpu(ws)
     out = [Baseline(f"{ws.backend} eager loop", _eager_mlp(ws, W, c, x0), ws.to_numpy,
                     "x = tanh(x @ W_l.T + c_l) per step")]
     if ws.backend == "numpy":
         out.append(Baseline("NumPy loop (in-place)", _numpy_mlp(Wn, cn, xn), _f64,
                             "matmul/add/tanh with out="))
-    if cpu and w == 1 and x0.shape[0] <= FLOAT_LOOP_MAX_CHAINS:
+    if w == 1 and x0.shape[0] <= FLOAT_LOOP_MAX_CHAINS:
         out.append(Baseline("Python math.tanh loop", _float_mlp(_f64(W), _f64(c), _f64(x0)),
                             _f64, "float64, list conversion timed"))
-    if cpu and available("numba"):
+    if available("numba"):
         out.append(Baseline("numba @njit loop", _numba_mlp(Wn, cn, xn), _f64, COMPILE_NOTE))
     if available("jax"):
         out.append(Baseline("jax.lax.scan (jit)", _jax_mlp(Wn, cn, xn, ws.dtype_name), _f64,
@@ -654,10 +653,10 @@ def logistic_baselines(ws: Workspace, r: float, x0: np.ndarray, L: int) -> list[
         return xp.stack(out, axis=1)
 
     out = [Baseline(f"{ws.backend} eager loop", eager, ws.to_numpy, "one array op per step")]
-    if _on_cpu(ws) and x0.shape[0] <= FLOAT_LOOP_MAX_CHAINS:
+    if x0.shape[0] <= FLOAT_LOOP_MAX_CHAINS:
         out.append(Baseline("Python float loop", _float_logistic(r, _f64(x0), L), _f64,
                             "float64"))
-    if _on_cpu(ws) and available("numba"):
+    if available("numba"):
         if "logistic" not in _NUMBA:
             import numba
 

@@ -38,6 +38,9 @@ from .harness import Workspace, machine_description, measure, relative_error
 __all__ = ["run_demo"]
 
 WIDTH = 80
+#: Longest linear recurrence whose torch/CuPy per-step loop the demo times (beyond it
+#: that loop takes minutes and cannot beat the Python float loop, which is timed).
+EAGER_MAX = 1 << 16
 SLOWER_WHY = ("on a CPU the loop wins: the parallel solve does more work, and its "
               "O(log L) depth pays on wide hardware (GPU; see `bench gpu`)")
 
@@ -143,7 +146,7 @@ def _linear(ws: Workspace, L: int, repeat: int) -> dict[str, Any]:
                               structure="scalar")
     method = choose_method(system)
     return _record(f"linear recurrence x_l = a_l x_(l-1) + b_l, L={L}", ws,
-                   linear_baselines(ws, A, b, x0, "scalar"),
+                   linear_baselines(ws, A, b, x0, "scalar", eager=L <= EAGER_MAX),
                    linear_reference(A, b, x0, "scalar"), f"pcrsolve auto ({method})",
                    lambda: solve_linear(system), lambda x: ws.to_numpy(x)[None], repeat)
 
@@ -158,7 +161,8 @@ def _backward(ws: Workspace, L: int, repeat: int) -> dict[str, Any]:
     system = BidiagonalSystem(ws.asarray(shifted[0]), ws.asarray(g[0]), structure="scalar",
                               reverse=True)
     return _record(f"its backward pass (adjoint: transposed, reversed), L={L}", ws,
-                   linear_baselines(ws, shifted, g, zero, "scalar", reverse=True),
+                   linear_baselines(ws, shifted, g, zero, "scalar", reverse=True,
+                                    eager=L <= EAGER_MAX),
                    linear_reference(shifted, g, zero, "scalar", reverse=True),
                    "pcrsolve reverse solve", lambda: solve_linear(system),
                    lambda x: ws.to_numpy(x)[None], repeat)
