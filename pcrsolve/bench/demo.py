@@ -63,7 +63,8 @@ def _record(title: str, ws: Workspace, baselines: list[Baseline], ref: np.ndarra
     rows.append({"name": ours, "seconds": t, "baseline": False,
                  "rel_error": relative_error(to_numpy(out), ref)})
     best = min((r for r in rows if r["baseline"]), key=lambda r: r["seconds"])
-    return {"title": title, "rows": rows, "best": best["name"], "ours": ours,
+    return {"title": title, "short": title.split(" x_l")[0].split(" (")[0].split(":")[0]
+            + f", {title.rsplit(', ', 1)[-1]}", "rows": rows, "best": best["name"], "ours": ours,
             "speedup": best["seconds"] / t if t > 0 else float("inf"), "note": note,
             "residuals": residuals(out) if residuals else None}
 
@@ -100,7 +101,7 @@ def _plot(records: list[dict[str, Any]], folder: str, machine: str) -> list[str]
     os.makedirs(folder, exist_ok=True)
     paths = [os.path.join(folder, "demo_speedups.png"), os.path.join(folder, "demo_newton.png")]
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(records)))
-    names = [f"{r['title'][:48]}\nvs {r['best']}" for r in records]
+    names = [f"{r['short']}\nvs {r['best']}" for r in records]
     ups = [r["speedup"] for r in records]
     y = np.arange(len(records))
     ax.barh(y, [u - 1.0 for u in ups], left=1.0,
@@ -123,7 +124,7 @@ def _plot(records: list[dict[str, Any]], folder: str, machine: str) -> list[str]
     for r in records:
         if r["residuals"]:
             ax.semilogy(range(len(r["residuals"])), r["residuals"], marker="o",
-                        label=r["title"][:40])
+                        label=r["short"])
     ax.set_xlabel("Newton iteration")
     ax.set_ylabel(r"$\max\,|x_l - f_l(x_{l-1})|$")
     ax.set_title(f"Newton-PCR convergence\n{machine}", fontsize=8)
