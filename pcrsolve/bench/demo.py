@@ -81,7 +81,7 @@ def _format(i: int, rec: dict[str, Any]) -> str:
                    f"({rec['best']})")
     else:
         verdict = (f"=> {rec['ours']} is {1 / up:.1f}x SLOWER than the best loop "
-                   f"({rec['best']}): {SLOWER_WHY}")
+                   f"({rec['best']}) (*)")
     if rec["note"]:
         verdict += f"; {rec['note']}"
     lines += textwrap.wrap(verdict, WIDTH - 1, initial_indent="   ",
@@ -288,6 +288,9 @@ def run_demo(opts: Any) -> int:
     if not has_torch:
         print(f"{len(parts) + 1}. torch adapter (ParallelSequential): skipped, "
               "torch is not installed")
+    if any(rec["speedup"] < 1 for rec in records):
+        print(textwrap.fill(f"(*) {SLOWER_WHY[0].upper()}{SLOWER_WHY[1:]}.", WIDTH - 1,
+                            subsequent_indent="    "))
     if opts.plot:
         for path in _plot(records, opts.plot, machine):
             print(f"wrote {path}")
