@@ -21,8 +21,8 @@ float64).
 
 Progress (training, sampling, the Jacobian options) is shown on stderr while it runs.
 
-Run time on a 2-core AMD EPYC (torch 2.13, CPU, float32): ``--small`` about 15 s; the
-default (T = 1000, 2000 training steps, 64 samples) about 3 minutes.
+Run time on a 2-core AMD EPYC (torch 2.13, CPU, float32): ``--small`` about 9 s; the
+default (T = 1000, 2000 training steps, 64 samples) about 2 minutes.
 
 Run::
 

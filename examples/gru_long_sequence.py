@@ -28,7 +28,8 @@ gradients by more than 1e-3 relative (1e-8). Without PyTorch it says so and exit
 Progress is shown on stderr while the contenders run.
 
 Run time on a 2-core AMD EPYC (torch 2.13, CPU, float32): ``--small`` about 5 s; the
-default (T = 2**14, forward and backward) about 40 s.
+default (T = 2**14, forward and backward) about 1 minute on an idle machine (the forward
+part alone 28 s), several minutes when other jobs share the two cores.
 
 Usage::
 

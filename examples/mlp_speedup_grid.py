@@ -8,7 +8,7 @@ the fastest sequential loop of that cell, which the table names. The speed-ups a
 printed, written as JSON and drawn as two heatmaps like the paper's (``--plot DIR``).
 
 Run time on a 2-core AMD EPYC (torch 2.13, CPU, float32): ``--small`` (L = 16, 64, 256;
-w = 1, 4) about 10 s; the default grid (L = 2^4..2^12, w = 1..16) about 3 minutes.
+w = 1, 4) about 6 s; the default grid (L = 2^4..2^12, w = 1..16) about 1 minute.
 On a GPU, ``--device cuda --full`` runs the paper's grid (L = 2^4..2^14, w = 2^0..2^7).
 
 Usage::

@@ -25,8 +25,8 @@ is installed, the same RK4 loop compiled by ``numba.njit`` (compilation in an un
 warm-up). It exits with status 1 if the stiff case disagrees with the loop beyond a
 tolerance derived from the dtype.
 
-Run time on a 2-core AMD EPYC (NumPy 2.4, float64): ``--small`` about 5 s; the default
-(2**17 stiff steps, 2000 Lorenz steps) about 1 minute.
+Run time on a 2-core AMD EPYC (NumPy 2.4, float64): ``--small`` about 8 s; the default
+(2**17 stiff steps, 2000 Lorenz steps) about 50 s.
 
 Usage::
 

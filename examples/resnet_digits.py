@@ -9,7 +9,7 @@ the sequential step (named) and the Newton iterations; ``--plot DIR`` draws the 
 curves (loss and test accuracy against step, loss against training time).
 
 Run time on a 2-core AMD EPYC (torch 2.13, CPU, float32): ``--small`` (16 blocks, 1
-epoch) about 10 s; the default (64 blocks, 3 epochs) about 30 s.
+epoch) about 8 s; the default (64 blocks, 3 epochs) about 35 s.
 
 Usage::
 
