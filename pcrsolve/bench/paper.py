@@ -483,7 +483,8 @@ def plot_grid(records: list[dict[str, Any]], path: str, *, title: str | None = N
         ax.set_xlabel("L (layers)")
         ax.set_ylabel("w (width)")
         ax.set_title(f"{heads[key]}\nvs fastest of: {', '.join(names[key])}", fontsize=9)
-    ticks = np.arange(-math.floor(lim), math.floor(lim) + 1)
+    step = max(1, math.ceil(lim / 5))  # at most about 11 labelled ticks
+    ticks = np.arange(-math.floor(lim / step), math.floor(lim / step) + 1) * step
     cbar = fig.colorbar(im, ax=axes[0].tolist(), ticks=ticks)
     cbar.ax.set_yticklabels([format_speedup(2.0**t) for t in ticks])
     cbar.set_label("speed-up over the fastest sequential baseline\n(blue: faster, red: slower)")
