@@ -191,32 +191,10 @@ def test_property_any_shape(L, w, batch, structure, method, reverse, dtype, seed
     assert rel_err(np.asarray(x, np.float64), ref) <= tolerance(dtype, L)
 
 
-def _auto_cases():
+def test_auto_prefers_loop_for_wide_short_and_cr_for_long_scalar():
     wide = pcrsolve.BidiagonalSystem(np.zeros((64, 256, 256)), np.zeros((64, 256)),
                                      check_finite=False)
     long = pcrsolve.BidiagonalSystem(np.zeros(1 << 16), np.zeros((1 << 16, 1)),
                                      structure="scalar", check_finite=False)
-    short = pcrsolve.BidiagonalSystem(np.zeros(8), np.zeros((8, 1)), structure="scalar",
-                                      check_finite=False)
-    return wide, long, short
-
-
-def test_auto_prefers_loop_for_wide_short_and_cr_for_long_scalar(monkeypatch):
-    # the generic path (no compiled kernel): the loop where the w^3 products cost more than
-    # the per-step overhead they save, cyclic reduction for long cheap chains
-    monkeypatch.setenv("PCRSOLVE_NO_NUMBA", "1")
-    wide, long, short = _auto_cases()
     assert pcrsolve.choose_method(wide) == "sequential"
     assert pcrsolve.choose_method(long) in ("cr", "pcr")
-    assert pcrsolve.choose_method(short) == "sequential"
-
-
-def test_auto_takes_the_compiled_kernel_on_numpy_beyond_a_few_dozen_steps(monkeypatch):
-    pytest.importorskip("numba")
-    monkeypatch.delenv("PCRSOLVE_NO_NUMBA", raising=False)
-    wide, long, short = _auto_cases()
-    assert pcrsolve.choose_method(wide) in ("kernel", "sequential")  # memory-bound loops
-    assert pcrsolve.choose_method(long) == "kernel"
-    assert pcrsolve.choose_method(short) == "sequential"  # a call costs more than 8 steps
-    costs = pcrsolve.linear.estimate_costs(long)
-    assert min(costs, key=costs.__getitem__) == "kernel"
