@@ -44,6 +44,7 @@ from .harness import Workspace
 
 __all__ = [
     "FLOAT_LOOP_MAX_CHAINS",
+    "FLOOR_NAME",
     "Baseline",
     "adjoint_baselines",
     "available",
@@ -51,6 +52,7 @@ __all__ = [
     "linear_reference",
     "logistic_baselines",
     "logistic_reference",
+    "memory_floor",
     "mlp_baselines",
     "mlp_reference",
 ]
@@ -679,3 +681,57 @@ def logistic_baselines(ws: Workspace, r: float, x0: np.ndarray, L: int) -> list[
 
         out.append(Baseline("numba @njit loop", jitted, _f64, COMPILE_NOTE))
     return out
+
+
+# -- the memory floor -------------------------------------------------------------------------
+
+#: Label of the memory-floor row in ``bench linear`` (a pass over the data, not a solver).
+FLOOR_NAME = "memory floor (not a solver)"
+
+
+def memory_floor(A: np.ndarray, b: np.ndarray, threads: int | None = None) -> Callable[[], None]:
+    """A pass that reads ``A`` and ``b`` once and writes an ``x`` of ``b``'s size once.
+
+    ``np.multiply(A, b, out=x)`` for scalar and diagonal blocks; for dense blocks the row
+    sums of every block (each byte of ``A`` read once) times ``b``. Split over ``threads``
+    Python threads (NumPy releases the GIL), default ``os.cpu_count()``: the speed of
+    light of any solver on this machine.
+
+    Parameters
+    ----------
+    A : np.ndarray, shape (B, L, ...)
+    b : np.ndarray, shape (B, L, w)
+    threads : int, optional
+
+    Returns
+    -------
+    callable
+        ``run()`` performs the pass (its output is scratch).
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = max(1, threads or os.cpu_count() or 1)
+    B, L, w = b.shape
+    flatA = np.ascontiguousarray(A).reshape(B * L, -1)
+    flatb = np.ascontiguousarray(b).reshape(B * L, w)
+    out = np.empty_like(flatb)
+    k = flatA.shape[1]
+    cuts = np.linspace(0, B * L, n + 1).astype(int)
+    pool = ThreadPoolExecutor(n) if n > 1 else None
+
+    def part(i: int) -> None:
+        lo, hi = cuts[i], cuts[i + 1]
+        if k in (1, w):  # scalar or diagonal: one multiply reads A and b once
+            np.multiply(flatA[lo:hi], flatb[lo:hi], out=out[lo:hi])
+        else:  # dense: the row sums of A (every byte read once) times b
+            np.multiply(np.add.reduce(flatA[lo:hi], axis=1, keepdims=True)[:, :1],
+                        flatb[lo:hi], out=out[lo:hi])
+
+    def run() -> None:
+        if pool is None:
+            part(0)
+        else:
+            list(pool.map(part, range(n)))
+
+    return run

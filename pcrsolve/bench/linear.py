@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import get_backend
 from ..linear import METHODS, choose_method, solve_linear
 from ..system import BidiagonalSystem
-from .baselines import linear_baselines, linear_reference
+from .baselines import FLOOR_NAME, linear_baselines, linear_reference, memory_floor
 from .harness import (
     Report,
     Row,
@@ -58,9 +59,16 @@ def make_linear_problem(
     return A, b, x0
 
 
+class LinearReport(Report):
+    """A :class:`Report` whose memory-floor row is neither a baseline nor a contender."""
+
+    def contenders(self) -> list[Row]:
+        return [r for r in super().contenders() if r.name != FLOOR_NAME]
+
+
 @suite("linear")
 def run_linear(opts: Any) -> Report:
-    """Time every sequential loop and pcrsolve's sequential, pcr, cr, chunked and auto."""
+    """Time every sequential loop, the memory floor and pcrsolve's methods (kernel too)."""
     ws = Workspace(opts.backend, opts.device, opts.dtype)
     A, b, x0 = make_linear_problem(opts.structure, opts.length, opts.width, opts.batch, opts.seed)
     system = BidiagonalSystem(ws.asarray(A), ws.asarray(b), ws.asarray(x0),
@@ -73,7 +81,15 @@ def run_linear(opts: Any) -> Report:
                         relative_error(base.to_numpy(out), ref), peak))
         baselines.append(base.name)
         notes.append(f"  {base.name}: {base.note}")
+    floor_run = memory_floor(A.astype(opts.dtype), b.astype(opts.dtype))
+    _, floor_times, _ = measure(ws, floor_run, opts.repeat)
+    floor = Row(FLOOR_NAME, median(floor_times), floor_times)
+    rows.append(floor)
+    notes.append(f"  {FLOOR_NAME}: reads A and b once and writes x once, on every core; "
+                 "excluded from the speed-up baseline; 'x floor' = time / floor time")
     methods = opts.methods or ["sequential", *[m for m in METHODS if m != "sequential"], "auto"]
+    if not opts.methods and get_backend(system.xp).fast_linear(system) is not None:
+        methods.insert(-1, "kernel")
     for m in methods:
         out, times, peak = measure(ws, lambda m=m: solve_linear(system, method=m), opts.repeat)
         extra = {"chose": choose_method(system)} if m == "auto" else {}
@@ -82,6 +98,8 @@ def run_linear(opts: Any) -> Report:
     problem = {"backend": ws.backend, "device": str(ws.device), "dtype": opts.dtype,
                "structure": opts.structure, "L": opts.length, "w": opts.width,
                "batch": opts.batch, "reverse": opts.reverse, "repeat": opts.repeat}
-    return Report("linear", problem, rows, machine=machine_description(ws.backend,
+    for r in rows:
+        r.extra["x floor"] = f"{r.median_s / floor.median_s:.2f}"
+    return LinearReport("linear", problem, rows, machine=machine_description(ws.backend,
                                                                       str(ws.device)),
                   baselines=baselines, notes=notes, slower_reason=SLOWER_REASON)
