@@ -106,6 +106,13 @@ class BidiagonalSystem:
         self.work_dtype, self.dtype = working_dtype(arrays, xp)
         s: Structure = STRUCTURES[structure]
         self.structure: Structure = s
+        numpy_bool = (type(reverse).__module__ == "numpy"
+                      and type(reverse).__name__ in ("bool", "bool_"))
+        if not (isinstance(reverse, bool) or numpy_bool):
+            raise InvalidSystemError(
+                f"`reverse` must be a bool (True or False); got {reverse!r} of type "
+                f"{type(reverse).__name__}"
+            )
         self.reverse = bool(reverse)
 
         if b.ndim < 2:

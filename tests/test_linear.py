@@ -191,10 +191,49 @@ def test_property_any_shape(L, w, batch, structure, method, reverse, dtype, seed
     assert rel_err(np.asarray(x, np.float64), ref) <= tolerance(dtype, L)
 
 
-def test_auto_prefers_loop_for_wide_short_and_cr_for_long_scalar():
+def _auto_cases():
     wide = pcrsolve.BidiagonalSystem(np.zeros((64, 256, 256)), np.zeros((64, 256)),
                                      check_finite=False)
     long = pcrsolve.BidiagonalSystem(np.zeros(1 << 16), np.zeros((1 << 16, 1)),
                                      structure="scalar", check_finite=False)
+    short = pcrsolve.BidiagonalSystem(np.zeros(8), np.zeros((8, 1)), structure="scalar",
+                                      check_finite=False)
+    return wide, long, short
+
+
+def test_auto_prefers_loop_for_wide_short_and_cr_for_long_scalar(monkeypatch):
+    # the generic path (no compiled kernel): the loop where the w^3 products cost more than
+    # the per-step overhead they save, cyclic reduction for long cheap chains
+    monkeypatch.setenv("PCRSOLVE_NO_NUMBA", "1")
+    wide, long, short = _auto_cases()
     assert pcrsolve.choose_method(wide) == "sequential"
     assert pcrsolve.choose_method(long) in ("cr", "pcr")
+    assert pcrsolve.choose_method(short) == "sequential"
+
+
+def test_auto_takes_the_compiled_kernel_on_numpy_beyond_a_few_dozen_steps(monkeypatch):
+    pytest.importorskip("numba")
+    monkeypatch.delenv("PCRSOLVE_NO_NUMBA", raising=False)
+    wide, long, short = _auto_cases()
+    assert pcrsolve.choose_method(wide) in ("kernel", "sequential")  # memory-bound loops
+    assert pcrsolve.choose_method(long) == "kernel"
+    assert pcrsolve.choose_method(short) == "sequential"  # a call costs more than 8 steps
+    costs = pcrsolve.linear.estimate_costs(long)
+    assert min(costs, key=costs.__getitem__) == "kernel"
+
+
+@pytest.mark.parametrize("bad", ["no", "False", 1, 0, None, 1.0, [True]])
+def test_reverse_must_be_a_bool(bad):
+    A, b = np.full((4, 2), 0.5), np.ones((4, 2))
+    with pytest.raises(pcrsolve.InvalidSystemError, match="`reverse` must be a bool"):
+        pcrsolve.BidiagonalSystem(A, b, structure="diagonal", reverse=bad)
+
+
+@pytest.mark.parametrize("flag", [True, False, np.True_, np.False_])
+def test_reverse_accepts_python_and_numpy_bools(flag):
+    A, b = np.full((4, 1), 0.5), np.arange(1.0, 5.0)[:, None]
+    x = pcrsolve.solve_linear(pcrsolve.BidiagonalSystem(A, b, structure="diagonal",
+                                                        reverse=flag))
+    # forward: x_l = 0.5 x_{l-1} + b_l from x_0 = 0; reverse: from x_5 = 0 backwards
+    expect = [1.0, 2.5, 4.25, 6.125] if not flag else [3.25, 4.5, 5.0, 4.0]
+    np.testing.assert_allclose(x[:, 0], expect, rtol=1e-15)
