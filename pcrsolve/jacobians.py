@@ -9,10 +9,10 @@ A Jacobian provider maps ``(x_prev, l)`` (states ``(..., n, w)``, 0-based step i
    the basis vectors in *one* batched call (a new leading batch axis of size ``w``), the
    diagonal one from the same call without materialising the dense blocks;
 3. the backend's automatic differentiation (``torch.func.jvp`` for torch);
-4. central finite differences, ``(f(x + h v) - f(x - h v)) / 2h`` with
-   ``h = eps^(1/3) max(1, max_w |x|)`` per state (per batch element and step): accurate
-   to about ``eps^(2/3)`` relative, which slows Newton's convergence only in its last
-   digits (it is an inexact Newton method).
+4. central finite differences, ``(f(x + h v) - f(x - h v)) / 2h`` with a step that
+   scales with the states, per component (see :func:`finite_difference_jvp`): accurate to
+   about ``eps^(2/3)`` relative at any state scale, which slows Newton's convergence only
+   in its last digits (it is an inexact Newton method).
 """
 
 from __future__ import annotations
@@ -32,6 +32,21 @@ JVP = Callable[[Any, Any, Any], Any]
 def finite_difference_jvp(step: Callable[[Any, Any], Any], xp: Any) -> JVP:
     """A JVP of ``step`` by central differences (one batched call for both sides).
 
+    The step size follows the scale of the states, per component: with ``t_i`` the
+    largest ``|x_i|`` over the steps of the call (per batch element) and ``S = max_i t_i``,
+
+        h_i = eps^(1/3) * max(t_i, eps^(1/3) * S)      (eps^(1/3) where S = 0),
+
+    and a direction ``v`` uses ``h = sum_i |v_i| h_i / sum_i |v_i|`` (``h_i`` for the
+    basis vectors that assemble Jacobians). Central differences then err by about
+    ``eps^(2/3)`` relative whatever the states' magnitude (a fixed ``max(1, |x|)`` scale
+    steps far outside states of size 1e-8), components of different magnitudes each get
+    their own step, and a state that is zero (such as a zero ``x0``) takes the scale of
+    the others. The floor ``eps^(1/3) S`` bounds the rounding error of a component much
+    smaller than the rest (whose outputs may be of size ``S``) to about ``eps^(1/3)``;
+    components more than ``eps^(-1/3)`` (1e5 in float64) below the largest therefore
+    step relatively further than ``eps^(1/3)``.
+
     Parameters
     ----------
     step : callable
@@ -42,15 +57,30 @@ def finite_difference_jvp(step: Callable[[Any, Any], Any], xp: Any) -> JVP:
     Returns
     -------
     callable
-        ``jvp(x_prev, l, v)``.
+        ``jvp(x_prev, l, v)`` with ``x_prev, v`` of shape ``(..., n, w)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> jvp = finite_difference_jvp(lambda x, l: np.sin(x), np)
+    >>> x = np.array([[1e-9, 2.0]])
+    >>> np.allclose(jvp(x, np.arange(1), np.array([[1.0, 0.0]])), [[1.0, 0.0]])
+    True
     """
 
     def jvp(x: Any, l: Any, v: Any) -> Any:
         eps = float(xp.finfo(x.dtype).eps)
+        c = eps ** (1.0 / 3.0)
         x, v = xp.broadcast_arrays(x, v)
-        # one step size per state: eps^(1/3) * max(1, max_w |x|), shape (..., n, 1)
-        scale = xp.max(xp.abs(x), axis=-1, keepdims=True)
-        h = eps ** (1.0 / 3.0) * xp.maximum(scale, xp.ones_like(scale))
+        typ = xp.max(xp.abs(x), axis=-2, keepdims=True)  # (..., 1, w): per component
+        S = xp.max(typ, axis=-1, keepdims=True)  # (..., 1, 1): the states' scale
+        S = xp.where(S > 0, S, xp.ones_like(S))  # all zero: no scale to go by
+        hi = c * xp.maximum(typ, c * S)
+        av = xp.abs(v)
+        norm = xp.sum(av, axis=-1, keepdims=True)
+        h = xp.sum(av * hi, axis=-1, keepdims=True) / xp.where(norm > 0, norm,
+                                                               xp.ones_like(norm))
+        h = xp.where(norm > 0, h, c * S)  # v = 0: any step (the difference is 0)
         both = xp.stack([x + h * v, x - h * v], axis=0)
         out = batched_call(step, "step", both, l, "finite-difference Jacobians evaluate "
                            "x + h v and x - h v in one call")
