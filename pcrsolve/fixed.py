@@ -19,10 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import get_backend
+from .direction import check_blocks as _check_blocks
+from .direction import jacobian_blocks as _jacobian_blocks
 from .errors import InputError
 from .factored import solve_direction
 from .namespace import infer_namespace, working_dtype
-from .newton import _check_blocks, _jacobian_blocks, _Problem, _validate
+from .newton import _Problem, _validate
 
 __all__ = ["iterate", "residual"]
 

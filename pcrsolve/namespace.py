@@ -6,6 +6,7 @@ an error message can say which argument is wrong and what was expected.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,9 @@ from .errors import BackendMismatchError, InputError, NonFiniteError
 
 __all__ = [
     "broadcast_shapes",
+    "check_device",
     "check_finite",
+    "check_memory",
     "device_of",
     "infer_namespace",
     "real_float_dtypes",
@@ -194,3 +197,50 @@ def broadcast_shapes(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
                 owner[i - n] = name
         result = tuple(out)
     return result
+
+
+#: devices that hold no data: nothing can be computed or read back from them
+_UNSUPPORTED_DEVICES = ("meta",)
+
+
+def check_device(arrays: Mapping[str, Any]) -> None:
+    """Raise :class:`InputError` naming an array on a device pcrsolve cannot compute on.
+
+    A torch ``meta`` tensor has a shape but no data: every convergence test would fail deep
+    inside with an allocator or ``.item()`` error.
+    """
+    for name, x in arrays.items():
+        if x is None:
+            continue
+        dev = array_api_compat.device(x)
+        kind = getattr(dev, "type", str(dev))
+        if str(kind).split(":")[0] in _UNSUPPORTED_DEVICES:
+            raise InputError(
+                f"`{name}` lives on the {dev!s} device, which holds no data and cannot be "
+                "computed on; create it on 'cpu' or 'cuda'"
+            )
+
+
+def _memory_limit(device: Any) -> int:
+    """Bytes that could possibly be allocated on ``device`` (physical RAM on a CPU)."""
+    kind = str(getattr(device, "type", device)).split(":")[0]
+    if kind == "cpu":
+        try:
+            return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    return 1 << 44  # 16 TiB: more than any single accelerator holds
+
+
+def check_memory(name: str, nbytes: int, device: Any, what: str) -> None:
+    """Raise :class:`InputError` naming ``name`` when ``nbytes`` cannot fit on ``device``.
+
+    Called before any allocation, with an estimate of what the computation holds.
+    """
+    limit = _memory_limit(device)
+    if nbytes > limit:
+        raise InputError(
+            f"`{name}` is too large: {what} needs about {nbytes / 2**30:.3g} GiB, more than "
+            f"the {limit / 2**30:.3g} GiB the device {device!s} can hold. Solve shorter "
+            "segments one after another, or a smaller batch."
+        )

@@ -8,49 +8,90 @@ update ``D = X' - X`` solves the *linear* recurrence
 
     D_l = J_l D_{l-1} + (f_l(X_{l-1}) - X_l),   D_0 = 0,
 
-one block-bidiagonal solve (PCR/CR, O(log L) depth) per iteration. Because ``D_0 = 0``
-and the first residual is exact, after ``k`` undamped iterations the first ``k`` states are
-exact *whatever* ``J`` is; so every mode converges in at most ``L`` iterations and in
-practice in a handful (the modes only change how fast):
+one block-bidiagonal solve (PCR/CR, O(log L) depth) per iteration. The loop below is
+assembled from three parts, each in its own module:
 
-* ``"newton"``: dense ``J`` (quadratic convergence, O(L w^2) memory);
-* ``"quasi"``: the diagonal of ``J`` (O(L w) memory, elementwise solve);
-* ``"picard"``: ``J = I``, for residual steps ``x + g(x)`` (the solve is a cumulative sum);
-* ``"jacobi"``: ``J = 0``, no solve at all (``X' = f(X_prev)``);
-* ``"sequential"``: the loop itself, the reference.
+* the **direction** (:mod:`pcrsolve.direction`): which Jacobian (the mode), the Newton or
+  Levenberg–Marquardt linear solve, and the pinned prefix that makes at least one more
+  state exact every iteration (so ``L`` iterations always suffice);
+* the **globalisation** (:mod:`pcrsolve.globalisation`): accept the Newton step, or take
+  trust-region (Levenberg–Marquardt) steps where it fails;
+* the **stopping rule** (:mod:`pcrsolve.stopping`): residual, update and contraction-aware
+  error estimate within ``atol + rtol * max|X|``.
+
+Modes (which ``J``): ``"newton"`` (dense), ``"quasi"`` (its diagonal), ``"picard"``
+(``J = I``, for residual steps), ``"jacobi"`` (``J = 0``: ``X' = f(X_prev)``),
+``"sequential"`` (the loop itself, the reference).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
+import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .backends import get_backend
-from .blocks import STRUCTURES, fits
+from .direction import (
+    all_finite_blocks,
+    check_blocks,
+    jacobian_blocks,
+    newton_step,
+    pinned_prefix,
+)
 from .errors import ConvergenceError, InputError, StepFunctionError
-from .factored import Factored, solve_direction
-from .jacobians import finite_difference_jvp, jacobian_provider
+from .globalisation import GLOBALISATIONS, NoGlobalisation, make_globalisation, merit
 from .linear import METHODS
-from .namespace import check_finite, device_of, infer_namespace, working_dtype
+from .lyapunov import horizon, lyapunov_exponent
+from .namespace import (
+    check_device,
+    check_finite,
+    check_memory,
+    device_of,
+    infer_namespace,
+    working_dtype,
+)
 from .result import Solution, Status
 from .steps import call_step, checked
+from .stopping import StoppingRule, default_tolerance
 
-__all__ = ["MODES", "solve"]
+__all__ = ["GLOBALISATIONS", "MODES", "default_tolerance", "solve"]
 
 MODES = ("newton", "quasi", "picard", "jacobi", "sequential")
-_DIVERGENCE_LIMIT = 1e12  # residual growth (relative to max(1, initial)) called divergence
-_MAX_BACKTRACKS = 4
-# a residual growing more than this in one iteration triggers damping: healthy Newton
-# iterations can grow the max-norm residual a hundredfold early on (diffusion samplers), an
-# expanding initial guess grows it by orders of magnitude beyond (the logistic map)
-_GROWTH = 1e4
+# residual growth (relative to max(1, initial)) called divergence; only the undamped
+# iteration (globalisation="none") can diverge: trust-region steps never increase the merit
+_DIVERGENCE_LIMIT = 1e12
+
+# kept for callers of the former private names
+_jacobian_blocks = jacobian_blocks
+_check_blocks = check_blocks
 
 
-def _batch_max(x: Any, xp: Any) -> Any:
-    """``max |x|`` over the step and feature axes: one value per batch element."""
-    return xp.max(xp.abs(x), axis=(-2, -1))
+class Iterate(NamedTuple):
+    """A trajectory and what the step function says about it.
+
+    Attributes
+    ----------
+    X : array, shape (..., L, w)
+        The states ``X_1 .. X_L``.
+    Xprev : array, shape (..., L, w)
+        ``(x0, X_1, .., X_{L-1})``: the input of every step.
+    F : array, shape (..., L, w)
+        ``f_l(X_{l-1})``.
+    R : array, shape (..., L, w)
+        The residual ``F - X``.
+    state_res : array, shape (..., L)
+        ``max_i |R_{l,i}|`` per state.
+    rnorm : array, shape (...)
+        ``max |R|`` per batch element.
+    """
+
+    X: Any
+    Xprev: Any
+    F: Any
+    R: Any
+    state_res: Any
+    rnorm: Any
 
 
 class _Problem:
@@ -73,75 +114,24 @@ class _Problem:
         return self._step(Xprev, self.idx, expect=(*self.batch, self.L, self.w),
                           dtype=self.dtype)
 
-
-def _jacobian_blocks(
-    mode: str,
-    step: Callable,
-    jacobian: Callable | None,
-    jacobian_structure: str,
-    jvp: Callable | None,
-    backend: Any,
-    xp: Any,
-) -> tuple[Callable[[Any, Any], Any] | None, str]:
-    """The Jacobian provider for ``mode`` and the structure of the blocks it returns."""
-    if mode == "picard":
-        return (lambda X, l: xp.ones(X.shape[:-1], dtype=X.dtype, device=device_of(X))), "scalar"
-    if mode == "jacobi":
-        return None, "scalar"
-    want = "dense" if mode == "newton" else "diagonal"
-    if jacobian is not None:
-        if jacobian_structure == "diagonal" or want == "dense":
-            return jacobian, jacobian_structure
-
-        def diagonal_of(X: Any, l: Any) -> Any:
-            J = jacobian(X, l)
-            if J.ndim < 2 or tuple(J.shape[-2:]) != (X.shape[-1], X.shape[-1]):
-                raise StepFunctionError(
-                    f"`jacobian` must return dense blocks (..., n, {X.shape[-1]}, "
-                    f"{X.shape[-1]}) with the default jacobian_structure='dense'; got shape "
-                    f"{tuple(J.shape)}. If it returns diagonals, pass "
-                    "jacobian_structure='diagonal'."
-                )
-            if isinstance(J, Factored):
-                J.check(tuple(X.shape[:-2]), X.shape[-2], X.shape[-1])
-                return J.diagonal(xp)
-            return xp.linalg.diagonal(J)
-
-        return diagonal_of, "diagonal"
-    if jvp is None and backend.has_autodiff:
-        return backend.jacobian(step, want), want
-    if jvp is None:
-        jvp = finite_difference_jvp(step, xp)
-    return jacobian_provider(jvp, want, xp), want
+    def evaluate(self, X: Any) -> Iterate:
+        """The step function at trajectory ``X``: its outputs and residuals."""
+        xp = self.xp
+        Xprev = self.prev(X)
+        F = self.step(Xprev)
+        R = F - X
+        state_res = xp.max(xp.abs(R), axis=-1)
+        return Iterate(X, Xprev, F, R, state_res, xp.max(state_res, axis=-1))
 
 
-def _check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int,
-                  dtype: Any) -> None:
-    """Raise :class:`StepFunctionError` unless ``J`` holds ``structure`` blocks of ``dtype``."""
-    if isinstance(J, Factored):
-        if structure != "dense":
-            raise StepFunctionError(
-                f"`jacobian` returned Factored blocks, which stand for dense blocks; pass "
-                f"jacobian_structure='dense' (got {structure!r})"
-            )
-        J.check(batch, L, w)
-    else:
-        _check_shape(J, structure, batch, L, w)
-    if J.dtype != dtype:
-        raise StepFunctionError(f"`jacobian` must return dtype {dtype}; got {J.dtype}")
-
-
-def _check_shape(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int) -> None:
-    tail = (L, *STRUCTURES[structure].block_shape(w))
-    if not fits(tuple(J.shape), tail, batch):
-        shown = ", ".join(map(str, tail))
-        other = {"dense": "diagonal", "diagonal": "dense"}.get(structure)
-        hint = (f" If it returns {other} blocks, pass jacobian_structure={other!r}."
-                if other else "")
-        raise StepFunctionError(
-            f"`jacobian` must return shape (..., {shown}) ({structure} blocks, batch dims "
-            f"broadcasting to {batch}); got {tuple(J.shape)}.{hint}"
-        )
+def _select(mask: Any, new: Iterate, old: Iterate, xp: Any) -> Iterate:
+    """Per batch element, ``new`` where ``mask`` else ``old``."""
+    shapes = (2, 2, 2, 2, 1, 0)
+    out = []
+    for n, o, k in zip(new, old, shapes, strict=True):
+        m = mask[(..., *(None,) * k)]
+        out.append(xp.where(m, n, o))
+    return Iterate(*out)
 
 
 def solve(
@@ -157,7 +147,8 @@ def solve(
     atol: float | None = None,
     max_iter: int | None = None,
     init: Any | None = None,
-    damping: bool = True,
+    globalisation: str | None = None,
+    damping: bool | None = None,
     linear_method: str = "auto",
     fallback: bool = False,
     throw: bool = True,
@@ -177,48 +168,49 @@ def solve(
     x0 : array, shape (..., w)
         The initial state; its leading dims are the batch.
     length : int
-        ``L >= 1``, the number of steps.
+        ``L >= 1``, the number of steps (any integer, e.g. ``numpy.int64``; not bool).
     jacobian : callable, optional
         ``jacobian(x_prev, l)`` returning ``(..., n, w, w)`` blocks
-        (``jacobian_structure="dense"``) or their diagonals ``(..., n, w)``.
+        (``jacobian_structure="dense"``, or a :class:`pcrsolve.Factored`) or their
+        diagonals ``(..., n, w)``. NaN or Inf in its result at finite states raises
+        :class:`~pcrsolve.StepFunctionError`.
     jacobian_structure : {"dense", "diagonal"}, default "dense"
         What ``jacobian`` returns.
     jvp : callable, optional
         ``jvp(x_prev, l, v)`` returning ``J_l v`` with the shape of ``v``. Used when no
         ``jacobian`` is given; the dense blocks come from ``w`` JVPs in one call.
         With neither, torch uses ``torch.func.jvp``; NumPy/CuPy use central finite
-        differences (accurate to about ``eps^(2/3)``).
+        differences.
     mode : {"newton", "quasi", "picard", "jacobi", "sequential"}, default "newton"
         Which Jacobian the iteration uses (see the module docstring).
     tol : float, optional
-        Relative tolerance ``rtol``. A batch element has converged when its residual
-        ``max|f_l(X_{l-1}) - X_l|`` over all steps and its last update ``max|X_new - X|``
-        are both at most ``atol + rtol * max|X|`` (the update test is waived once ``L``
-        iterations have fixed every state, exact in exact arithmetic). Default
-        ``sqrt(eps) * 1e-2`` of the dtype, floored at ``50 eps`` (float64: 1.5e-10,
-        float32: 6e-6).
+        Relative tolerance ``rtol`` (finite, ``>= 0``). A batch element has converged when
+        its residual ``max|f_l(X_{l-1}) - X_l|``, its last update and the error estimate
+        ``update * q / (1 - q)`` (``q`` the observed contraction rate) are all at most
+        ``atol + rtol * max(|X|, |f(X_prev)|)`` (see :mod:`pcrsolve.stopping`). Default
+        ``max(50 eps, 1e-2 sqrt(eps))`` of the dtype (float64: 1.5e-10, float32: 6e-6).
     atol : float, optional
-        Absolute tolerance; default ``tol * max(max|x0|, max|f(X_prev) - X|)`` of the
-        initial guess, per batch element (so it scales with the problem).
+        Absolute tolerance (finite, ``>= 0``); default the dtype's smallest normal number:
+        the tolerance scales with the solution's own size, never with ``x0`` or the
+        initial guess.
     max_iter : int, optional
-        Iteration limit; default ``L`` (in exact arithmetic every mode is exact after ``L``
-        iterations; in floating point the stopping rule decides, and on chaotic
-        recurrences rounding errors can keep it from being met: ``MAX_ITER`` then).
+        Iteration limit; default ``L`` (every state is the loop's after ``L``
+        iterations, whatever the mode and globalisation).
     init : array, shape (..., L, w), optional
-        Initial guess of the trajectory (a warm start: e.g. the previous training step's
-        states). Default: ``x0`` repeated.
-    damping : bool, default True
-        For batch elements whose residual grew more than 10^4-fold in one iteration (the
-        max-norm residual of a healthy Newton iteration may grow a hundredfold early on), retry
-        the iteration with the Jacobian
-        scaled down (by 1/8, 1/64, then 0, i.e. a Jacobi step); the scale recovers in
-        later iterations. Any Jacobian keeps the "first k states exact after k
-        iterations" guarantee, so damping never loses convergence in ``L`` iterations;
-        it prevents the overflow that undamped Newton suffers when the initial guess
-        lies where the steps expand. Each retry costs one linear solve and one step
-        evaluation; none happen while the residual behaves.
+        Initial guess of the trajectory (a warm start). Default: ``x0`` repeated.
+    globalisation : {"trust-region", "none"}, default "trust-region"
+        ``"trust-region"``: each iteration tries the Newton step and keeps it when it
+        reduces ``½ Σ |f(X_prev) - X|²``; elements where it does not take
+        Levenberg–Marquardt steps ``(G^T G + λ I) Δ = -G^T r`` (one block-tridiagonal solve
+        each) with ``λ`` adapted by the gain ratio (:mod:`pcrsolve.globalisation`).
+        Problems Newton handles pay only the merit evaluation. ``"none"``: accept every
+        step (the plain iteration; may diverge from a poor guess). ``mode="jacobi"`` has
+        no Jacobian and always runs without.
+    damping : bool, optional
+        The former switch, kept: ``True`` means ``globalisation="trust-region"``,
+        ``False`` means ``"none"``. Contradicting ``globalisation`` is an error.
     linear_method : str, default "auto"
-        Method of the linear solve of each iteration (see :func:`pcrsolve.solve_linear`).
+        Method of the Newton step's linear solve (see :func:`pcrsolve.solve_linear`).
     fallback : bool, default False
         If the iteration fails (no convergence, divergence, NaN/Inf), compute the states
         with the sequential loop and report ``Status.FALLBACK`` with the reason.
@@ -228,22 +220,25 @@ def solve(
     params : sequence of tensors or torch.nn.Module, optional
         torch only: the tensors that ``step`` depends on and that require grad. The states
         are then differentiable with respect to ``x0`` and ``params`` through an adjoint
-        solve (one reverse linear recurrence + one batched VJP), not by backpropagating
-        through the iterations.
+        solve (one reverse linear recurrence + one batched VJP), whatever the
+        globalisation of the forward solve.
     check_inputs : bool, default True
         Check ``x0`` and ``init`` for NaN/Inf (one pass and, on a GPU, a sync).
 
     Returns
     -------
     Solution
-        ``states`` of shape ``(..., L, w)``, ``status``, ``iterations``, ``residuals``.
+        ``states`` of shape ``(..., L, w)``, ``status``, ``iterations``, ``residuals``,
+        ``lyapunov_exponent``.
 
     Raises
     ------
     InputError
-        For invalid arguments (the message names the argument).
+        For invalid arguments (the message names the argument), unsupported devices and
+        problems too large for memory.
     StepFunctionError
-        If ``step``, ``jacobian`` or ``jvp`` returns the wrong type, shape or dtype.
+        If ``step``, ``jacobian`` or ``jvp`` returns the wrong type, shape or dtype, or the
+        Jacobian holds NaN/Inf at finite states.
     ConvergenceError
         If ``throw`` and the iteration did not converge.
 
@@ -259,15 +254,16 @@ def solve(
     ('CONVERGED', True)
     """
     xp = infer_namespace({"x0": x0, "init": init})
+    length = _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol,
+                       max_iter, init, linear_method, xp)
+    globalisation = _resolve_globalisation(globalisation, damping)
     backend = get_backend(xp)
-    _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol, max_iter,
-              init, linear_method, xp)
     if backend.has_autodiff:  # its probe may be the step's first call: explain failures
         backend.check_no_hidden_grad(lambda x, l: call_step(step, x, l), x0, params)
     options = dict(jacobian=jacobian, jacobian_structure=jacobian_structure, jvp=jvp,
-                   mode=mode, tol=tol, atol=atol, max_iter=max_iter, init=init, damping=damping,
-                   linear_method=linear_method, fallback=fallback, throw=throw,
-                   check_inputs=check_inputs)
+                   mode=mode, tol=tol, atol=atol, max_iter=max_iter, init=init,
+                   globalisation=globalisation, linear_method=linear_method,
+                   fallback=fallback, throw=throw, check_inputs=check_inputs)
     if params is not None or backend.requires_grad(x0):
         if not backend.has_autodiff:
             raise InputError(
@@ -278,12 +274,44 @@ def solve(
     return _solve_impl(step, x0, length, **options)
 
 
+def _resolve_globalisation(globalisation: str | None, damping: bool | None) -> str:
+    """The globalisation from ``globalisation=`` and the older ``damping=`` switch."""
+    if globalisation is not None and globalisation not in GLOBALISATIONS:
+        raise InputError(
+            f"`globalisation` must be one of {GLOBALISATIONS}; got {globalisation!r}")
+    if damping is None:
+        return globalisation or "trust-region"
+    if not isinstance(damping, bool):
+        raise InputError(
+            f"`damping` must be True or False (or use globalisation=...); got {damping!r}")
+    implied = "trust-region" if damping else "none"
+    if globalisation is not None and globalisation != implied:
+        raise InputError(
+            f"`damping={damping}` means globalisation={implied!r}, which contradicts "
+            f"globalisation={globalisation!r}; pass only one of them")
+    return implied
+
+
+def _as_length(length: Any) -> int:
+    """``length`` as an int (any integer-like but bool), or InputError."""
+    if isinstance(length, bool):
+        raise InputError(f"`length` must be an int >= 1 (the number of steps L); got {length!r}")
+    try:
+        value = operator.index(length)
+    except TypeError:
+        raise InputError(
+            f"`length` must be an int >= 1 (the number of steps L); got {length!r}") from None
+    if value < 1:
+        raise InputError(f"`length` must be an int >= 1 (the number of steps L); got {length!r}")
+    return int(value)
+
+
 def _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol, max_iter,
-              init, linear_method, xp) -> None:
+              init, linear_method, xp) -> int:
+    """Check the arguments of :func:`solve`; returns ``length`` as an int."""
     if not callable(step):
         raise InputError(f"`step` must be callable as step(x_prev, l); got {type(step).__name__}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise InputError(f"`length` must be an int >= 1 (the number of steps L); got {length!r}")
+    length = _as_length(length)
     if mode not in MODES:
         raise InputError(f"`mode` must be one of {MODES}; got {mode!r}")
     if jacobian_structure not in ("dense", "diagonal"):
@@ -295,10 +323,11 @@ def _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, at
             raise InputError(f"`{name}` must be callable; got {type(fn).__name__}")
     if x0.ndim < 1 or x0.shape[-1] < 1:
         raise InputError(f"`x0` must have shape (..., w) with w >= 1; got {tuple(x0.shape)}")
+    check_device({"x0": x0, "init": init})
     for name, v in (("tol", tol), ("atol", atol)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)
-                              or not v >= 0):
-            raise InputError(f"`{name}` must be a number >= 0; got {v!r}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not math.isfinite(v) or not v >= 0):
+            raise InputError(f"`{name}` must be a number, finite and >= 0; got {v!r}")
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int)
                                  or max_iter < 0):
         raise InputError(f"`max_iter` must be an int >= 0; got {max_iter!r}")
@@ -313,12 +342,15 @@ def _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, at
             raise InputError(
                 f"`init` must have shape {expect} (batch of x0, L, w); got {tuple(init.shape)}"
             )
-
-
-def default_tolerance(dtype: Any, xp: Any) -> float:
-    """The default ``tol``/``atol`` for states of ``dtype``."""
-    eps = float(xp.finfo(dtype).eps)
-    return max(50.0 * eps, 1e-2 * eps**0.5)
+    w = int(x0.shape[-1])
+    batch = math.prod(int(d) for d in x0.shape[:-1])
+    itemsize = 8 if x0.dtype == xp.float64 else 4
+    # the iteration holds a handful of (..., L, w) arrays and, for newton, (..., L, w, w)
+    # Jacobian blocks; the loop itself at least the states
+    per_state = {"newton": 8 * w + w * w * 2, "sequential": 1}.get(mode, 12 * w)
+    check_memory("length", batch * length * per_state * itemsize, device_of(x0),
+                 f"L={length} steps of width w={w}, batch {batch}, mode={mode!r}")
+    return length
 
 
 def _solve_impl(step: Callable, x0: Any, length: int, **options: Any) -> Solution:
@@ -345,13 +377,13 @@ def _iterate(
     atol: float | None,
     max_iter: int | None,
     init: Any | None,
-    damping: bool,
+    globalisation: str,
     linear_method: str,
     fallback: bool,
     throw: bool,
     check_inputs: bool,
 ) -> Solution:
-    """Newton's loop (see the module docstring)."""
+    """The nonlinear loop: direction, globalisation, stopping rule (module docstring)."""
     xp = infer_namespace({"x0": x0, "init": init})
     work, out_dtype = working_dtype({"x0": x0, "init": init}, xp)
     if check_inputs:
@@ -366,124 +398,86 @@ def _iterate(
         empty = xp.zeros((*prob.batch, L, prob.w), dtype=out_dtype, device=device_of(x0w))
         return Solution(empty, Status.CONVERGED, 0, mode=mode, linear_method="none")
     if mode == "sequential":
-        states = _sequential(prob)
-        ok = _all_finite(states, xp)
-        sol = Solution(xp.astype(states, out_dtype, copy=False),
-                       Status.CONVERGED if ok else Status.NONFINITE, 0, mode="sequential",
-                       linear_method="none")
-        if not ok and throw:
-            raise ConvergenceError(f"pcrsolve.solve (sequential): {Status.NONFINITE.message}",
-                                   sol)
-        return sol
+        return _sequential_solution(prob, out_dtype, throw)
 
     backend = get_backend(xp)
-    jac, structure = _jacobian_blocks(mode, step, jacobian, jacobian_structure, jvp,
-                                      backend, xp)
-    jac_checked = False
+    jac, structure = jacobian_blocks(mode, step, jacobian, jacobian_structure, jvp,
+                                     backend, xp)
+    user_jacobian = "jacobian" if jacobian is not None else ("jvp" if jvp is not None
+                                                              else None)
+    rule = StoppingRule(rtol, atol, L, work, xp)
+    glob = make_globalisation(globalisation, jac is not None, prob.batch, work, x0w, xp)
 
-    if init is None:
-        X = xp.broadcast_to(x0w[..., None, :], (*prob.batch, L, prob.w))
-    else:
-        X = xp.astype(init, work, copy=False)
-    Xprev = prob.prev(X)
-    F = prob.step(Xprev)
-    R = F - X
-    rnorm = _batch_max(R, xp)
-    residuals = [float(xp.max(rnorm))]
+    X0 = (xp.broadcast_to(x0w[..., None, :], (*prob.batch, L, prob.w)) if init is None
+          else xp.astype(init, work, copy=False))
+    it = prob.evaluate(X0)
+    residuals = [float(xp.max(it.rnorm))]
     updates: list[float] = []
+    rule.start(it.rnorm)
     active = xp.ones(prob.batch, dtype=xp.bool, device=device_of(x0w))
-    # the default absolute tolerance scales with the problem: rtol * max(|x0|, |R_0|)
-    if atol is None:
-        scale = xp.maximum(xp.max(xp.abs(x0w), axis=-1), rnorm)
-        tiny = float(xp.finfo(work).smallest_normal)
-        atol_e = rtol * xp.maximum(scale, xp.full_like(scale, tiny))
-    else:
-        atol_e = xp.full_like(rnorm, float(atol))
     limit = _DIVERGENCE_LIMIT * max(1.0, residuals[0])
     status = Status.MAX_ITER
-    method_used = linear_method
-    iterations = 0
     if not math.isfinite(residuals[0]):
         status = Status.NONFINITE
     elif residuals[0] == 0.0:
         status = Status.CONVERGED
-    # damping: per batch element, the Jacobian is scaled by gamma in [0, 1]. Any J keeps
-    # the "first k states exact after k iterations" property, so this never loses the
-    # finite-termination guarantee; gamma = 0 is the Jacobi step X' = f(X_prev).
-    gamma = xp.ones(prob.batch, dtype=work, device=device_of(x0w))
-    damped = False  # whether some gamma < 1 (tracked on the host: no sync while False)
+    method_used = linear_method
+    iterations = 0
     J = None
+    all_active = True
 
-    def direction(g: Any) -> Any:
-        nonlocal method_used
-        D, method_used = solve_direction(J, R, structure, method_used, xp,
-                                         g if damped else None)
-        return D
-
-    def proposal(g: Any) -> Any:
-        """The next iterate: ``X + D``, or exactly ``f(X_prev)`` for Jacobi steps."""
-        if J is None:
-            return F
-        Xn = X + direction(g)
-        return xp.where((g == 0.0)[..., None, None], F, Xn) if damped else Xn
-
-    all_active = True  # whether every batch element is still iterating (host copy)
-
-    def _advance(trial: tuple[Any, ...], rn: Any, worse: Any) -> tuple[Any, list[float]]:
-        """Freeze converged elements and take stock, reading the host once per iteration.
-
-        Returns the new ``((X, F, R, Xprev), rnorm, active)`` and, on the host, the largest
-        update, the largest residual, whether any element is still active, whether all
-        are, and whether any is ``worse``. An element has converged when its states satisfy
-        every step to the tolerance and the iteration has settled (its last update is as
-        small, or ``L`` iterations fixed every state). While every element is active (most
-        iterations) nothing needs freezing: the selects are skipped.
-        """
-        upd = _batch_max(trial[0] - X, xp)
-        if all_active:
-            kept, rnorm_n = trial, rn
-        else:
-            upd = xp.where(active, upd, xp.zeros_like(rnorm))
-            kept = _select(active, trial, (X, F, R, Xprev), xp)
-            rnorm_n = xp.where(active, rn, rnorm)
-        threshold = atol_e + rtol * _batch_max(kept[0], xp)
-        settled = (upd <= threshold) | (iterations >= L)
-        active_n = active & ~((rnorm_n <= threshold) & settled)
-        flags = [xp.any(active_n), xp.all(active_n)]
-        flags += [] if worse is None else [xp.any(worse)]
-        stats = xp.stack([xp.max(upd), xp.max(rnorm_n),
-                          *(xp.astype(f, work) for f in flags)])
-        return (kept, rnorm_n, active_n), backend.host_floats(stats)
+    def advance(trial: Iterate, extra: list[Any]) -> tuple[tuple[Iterate, Any, Any, Any],
+                                                           list[float]]:
+        """Freeze converged elements, apply the stopping rule; one host read."""
+        upd = xp.max(xp.abs(trial.X - it.X), axis=(-2, -1))
+        kept = trial
+        if not all_active:
+            upd = xp.where(active, upd, xp.zeros_like(upd))
+            kept = _select(active, trial, it, xp)
+        scale = rule.scale(kept.X, kept.F)
+        active_n = active & ~rule.converged(upd, kept.rnorm, scale, iterations)
+        stats = xp.stack([xp.max(upd), xp.max(kept.rnorm),
+                          *(xp.astype(f, work) for f in
+                            [xp.any(active_n), xp.all(active_n), *extra])])
+        return (kept, active_n, upd, kept.rnorm), backend.host_floats(stats)
 
     while status is Status.MAX_ITER and iterations < max_iter:
-        # one Newton step: D_l = J_l D_{l-1} + R_l, D_0 = 0
-        if jac is not None:
-            J = jac(Xprev, prob.idx)
-            if not jac_checked:
-                _check_blocks(J, structure, prob.batch, L, prob.w, work)
-                jac_checked = True
         iterations += 1
-        trial, rn = _trial(prob, proposal(gamma), xp)
-        # elements whose residual grew too much take a damped step instead (backtracking)
-        check_worse = damping and J is not None
-        worse = (~(rn <= _GROWTH * rnorm) & active) if check_worse else None
-        new, stats = _advance(trial, rn, worse)
-        if worse is not None and stats[4] > 0.0:  # rare: backtrack, then take stock again
-            for attempt in range(_MAX_BACKTRACKS):
-                shrink = 0.0 if attempt == _MAX_BACKTRACKS - 1 else 0.125
-                gamma = xp.where(worse, gamma * shrink, gamma)
-                damped = True
-                retry, rt = _trial(prob, proposal(gamma), xp)
-                trial = _select(worse, retry, trial, xp)
-                rn = xp.where(worse, rt, rn)
-                worse = ~(rn <= _GROWTH * rnorm) & active
-                if attempt == _MAX_BACKTRACKS - 1 or not bool(xp.any(worse)):
-                    break
-            new, stats = _advance(trial, rn, None)
-        if damped:
-            gamma = xp.minimum(gamma * 4.0 + 1e-3, xp.ones_like(gamma))
-            damped = bool(xp.any(gamma < 1.0))
-        (X, F, R, Xprev), rnorm, next_active = new
+        extra: list[Any] = []
+        rejected = None
+        if jac is None:  # Jacobi: X' = f(X_prev), exactly
+            trial = prob.evaluate(it.F)
+        else:
+            J = jac(it.Xprev, prob.idx)
+            if iterations == 1:
+                check_blocks(J, structure, prob.batch, L, prob.w, work)
+            # the exact prefix (residual 0) and the state after it take f(X_prev): one more
+            # exact state per iteration, bit for bit, whatever D is
+            D, method_used = newton_step(J, it.R, None, structure, method_used, xp)
+            exact = pinned_prefix(it.state_res, xp.zeros_like(it.rnorm), xp)[1]
+            trial = prob.evaluate(xp.where(exact[..., None], it.F, it.X + D))
+            phi = merit(it.R, xp)
+            within = trial.rnorm <= rule.tolerance(trial.X, trial.F)
+            rejected = glob.rejected(phi, merit(trial.R, xp), within, active)
+            extra = [xp.all(xp.isfinite(it.F)) & ~all_finite_blocks(J, xp)]
+            if rejected is not None:
+                extra.append(xp.any(rejected))
+        new, stats = advance(trial, extra)
+        if J is not None and stats[4] > 0.0 and user_jacobian is not None:
+            raise StepFunctionError(
+                f"`{user_jacobian}` returned NaN or Inf at finite states (iteration "
+                f"{iterations}); check it where the step function is finite (the step's "
+                "own values are finite there)")
+        if rejected is not None and stats[5] > 0.0:  # some Newton steps failed: LM steps
+            # LM steps solve for the states after the prefix that is converged to the
+            # tolerance; that prefix and the next state take f(X_prev)
+            pinned = pinned_prefix(it.state_res, rule.tolerance(it.X, it.F), xp)[1]
+            trial = glob.search(J, structure, it, pinned, rejected, prob.evaluate,
+                                lambda m, a, b: _select(m, a, b, xp), trial,
+                                lambda m: bool(xp.any(m)), rule.tolerance)
+            new, stats = advance(trial, [])
+        it, next_active, upd, rn = new
+        rule.record(upd, rn)
         updates.append(stats[0])
         residuals.append(stats[1])
         if not (math.isfinite(updates[-1]) and math.isfinite(residuals[-1])):
@@ -493,42 +487,75 @@ def _iterate(
         all_active = stats[3] > 0.0
         if stats[2] == 0.0:
             status = Status.CONVERGED
-        elif residuals[-1] > limit:
+        elif isinstance(glob, NoGlobalisation) and residuals[-1] > limit:
             status = Status.DIVERGED
     converged_mask = ~active if status is not Status.NONFINITE else xp.zeros_like(active)
-    sol = Solution(xp.astype(X, out_dtype, copy=False), status, iterations, residuals, updates,
-                   converged_mask, mode, method_used)
-    if status is not Status.CONVERGED and fallback:
+    sol = Solution(xp.astype(it.X, out_dtype, copy=False), status, iterations, residuals,
+                   updates, converged_mask, mode, method_used, globalisation=glob.name,
+                   lm_steps=getattr(glob, "lm_steps", 0))
+    if J is not None and mode in ("newton", "quasi"):
+        Jlast, st = J, structure
+        sol.set_lyapunov(lambda: float(xp.max(lyapunov_exponent(Jlast, st, xp))))
+    return _finish(sol, prob, out_dtype, fallback, throw, work, xp)
+
+
+def _finish(sol: Solution, prob: _Problem, out_dtype: Any, fallback: bool, throw: bool,
+            work: Any, xp: Any) -> Solution:
+    """Fallback to the loop and the error message, for a solve that did not converge."""
+    status = sol.status
+    if status is Status.CONVERGED:
+        return sol
+    chaos = _chaos_note(sol, work, xp)
+    if fallback:
         states = _sequential(prob)
         sol.fallback_reason = status
         if _all_finite(states, xp):
             sol.status = Status.FALLBACK
             sol.states = xp.astype(states, out_dtype, copy=False)
-            sol.converged_mask = xp.ones_like(active)
+            sol.converged_mask = xp.ones_like(sol.converged_mask)
             return sol
         sol.status = Status.NONFINITE  # the loop itself overflows: nothing to fall back on
-    if sol.status is not Status.CONVERGED and throw:
+    if throw:
         extra = " The sequential fallback overflowed too." if sol.fallback_reason else ""
         raise ConvergenceError(
-            f"pcrsolve.solve ({mode}) stopped after {iterations} iteration(s): "
-            f"{status.message}. Final residual {residuals[-1]:.3e}.{extra}",
+            f"pcrsolve.solve ({sol.mode}) stopped after {sol.iterations} iteration(s): "
+            f"{status.message}. Final residual {sol.residuals[-1]:.3e}.{extra}{chaos}",
             sol,
         )
     return sol
 
 
-def _trial(prob: _Problem, Xn: Any, xp: Any) -> tuple[tuple[Any, Any, Any, Any], Any]:
-    """``(Xn, f(Xn_prev), its residual, Xn_prev)`` and the residual's norm per element."""
-    Xprev = prob.prev(Xn)
-    F = prob.step(Xprev)
-    R = F - Xn
-    return (Xn, F, R, Xprev), _batch_max(R, xp)
+def _chaos_note(sol: Solution, work: Any, xp: Any) -> str:
+    """A sentence on chaos when the Lyapunov exponent along the trajectory is positive."""
+    try:
+        lam = sol.lyapunov_exponent
+    except Exception:  # a diagnostic must never mask the real failure
+        return ""
+    if lam is None or not lam > 0.0:
+        return ""
+    n = horizon(lam, work, xp)
+    sol.note = (
+        f"The recurrence looks chaotic along this trajectory: its largest Lyapunov exponent "
+        f"is about {lam:.3g} per step, so rounding errors grow like exp({lam:.3g} l) and no "
+        f"parallel method can match the sequential loop beyond roughly log(1/eps)/λ = "
+        f"{n:.0f} steps. Pass fallback=True, or solve segments shorter than that one after "
+        "another (Gonzalez et al. 2025, 'Predictability enables parallelization of "
+        "nonlinear state space models')."
+    )
+    return " " + sol.note
 
 
-def _select(mask: Any, new: tuple[Any, ...], old: tuple[Any, ...], xp: Any) -> tuple[Any, ...]:
-    """Per batch element, ``new`` where ``mask`` else ``old`` (for (..., L, w) arrays)."""
-    m = mask[..., None, None]
-    return tuple(xp.where(m, n, o) for n, o in zip(new, old, strict=True))
+def _sequential_solution(prob: _Problem, out_dtype: Any, throw: bool) -> Solution:
+    """``mode="sequential"``: the loop, reported as a Solution."""
+    xp = prob.xp
+    states = _sequential(prob)
+    ok = _all_finite(states, xp)
+    sol = Solution(xp.astype(states, out_dtype, copy=False),
+                   Status.CONVERGED if ok else Status.NONFINITE, 0, mode="sequential",
+                   linear_method="none", globalisation="none")
+    if not ok and throw:
+        raise ConvergenceError(f"pcrsolve.solve (sequential): {Status.NONFINITE.message}", sol)
+    return sol
 
 
 def _all_finite(x: Any, xp: Any) -> bool:
@@ -545,4 +572,3 @@ def _sequential(prob: _Problem) -> Any:
                        expect=(*prob.batch, 1, prob.w), dtype=prob.dtype)[..., 0, :]
         out.append(x)
     return xp.stack(out, axis=-2)
-

@@ -32,18 +32,18 @@ class Status(enum.Enum):
 
 
 _MESSAGES = {
-    Status.CONVERGED: "converged: the residual max|f_l(x_{l-1}) - x_l| and the last "
-    "update fell below atol + rtol * max|X| for every batch element",
+    Status.CONVERGED: "converged: the residual max|f_l(x_{l-1}) - x_l|, the last update and "
+    "the error estimate fell below atol + rtol * max|X| for every batch element",
     Status.MAX_ITER: "the iteration did not converge within max_iter iterations; raise "
-    "max_iter (mode='newton' is exact after at most L iterations), use mode='newton' instead "
+    "max_iter (every mode is exact after at most L iterations), use mode='newton' instead "
     "of a cheaper Jacobian mode, warm-start with init=, or pass fallback=True to finish "
     "with the sequential loop",
     Status.DIVERGED: "the residual grew by more than the divergence limit; the recurrence may "
-    "be expanding or chaotic (parallel iteration does not pay off there): try damping=True, "
-    "a warm start (init=), mode='newton', or fallback=True",
+    "be expanding or chaotic (parallel iteration does not pay off there): use the default "
+    "globalisation='trust-region' instead of 'none', a warm start (init=), or fallback=True",
     Status.NONFINITE: "NaN or Inf appeared in the iterates or in the step function's output; "
-    "check the step function on the states it was given, try damping=True, or pass "
-    "fallback=True",
+    "check the step function on the states it was given (the sequential loop may overflow "
+    "too), or pass fallback=True",
     Status.FALLBACK: "the parallel iteration failed (see fallback_reason) and the states were "
     "computed by the sequential loop instead",
 }
@@ -75,6 +75,19 @@ class Solution:
         The linear solver used in each iteration ("auto" resolved).
     fallback_reason : Status or None
         Why the sequential loop was used, when ``status`` is ``FALLBACK``.
+    globalisation : str
+        ``"trust-region"`` or ``"none"``: how steps were accepted.
+    lm_steps : int
+        Levenberg–Marquardt trial steps taken (0 when every Newton step was accepted).
+    note : str
+        A diagnostic sentence (e.g. on chaos) for a solve that did not converge, or "".
+    lyapunov_exponent : float or None
+        (property) An estimate of the recurrence's largest Lyapunov exponent per step
+        along the last iterate, from the Jacobians the solve used (the dense ones for
+        ``mode="newton"``, their diagonals for ``"quasi"``; ``None`` for the other modes).
+        Positive means chaos: no parallel method matches the loop beyond about
+        ``log(1/eps) / lyapunov_exponent`` steps. Computed on first access (an
+        ``O(L w^3)`` tree reduction), largest over the batch.
     """
 
     states: Any
@@ -86,6 +99,21 @@ class Solution:
     mode: str = "newton"
     linear_method: str = "auto"
     fallback_reason: Status | None = None
+    globalisation: str = "none"
+    lm_steps: int = 0
+    note: str = ""
+    _lyapunov: Any = field(default=None, repr=False, compare=False)
+
+    def set_lyapunov(self, compute: Any) -> None:
+        """Give the callable that computes :attr:`lyapunov_exponent` on first access."""
+        self._lyapunov = compute
+
+    @property
+    def lyapunov_exponent(self) -> float | None:
+        """The largest Lyapunov exponent per step along the solution (see the class doc)."""
+        if callable(self._lyapunov):
+            self._lyapunov = float(self._lyapunov())
+        return self._lyapunov
 
     @property
     def converged(self) -> bool:

@@ -281,3 +281,112 @@ def test_jacobian_structure_hints_and_tolerance_types(rng):
             pcrsolve.solve(step, np.ones(3), 8, mode=mode, jacobian=diag_jac)
     with pytest.raises(pcrsolve.InputError, match="`tol` must be a number"):
         pcrsolve.solve(step, np.ones(3), 8, tol="1e-6")
+
+
+# -- issue 10: robust solves ------------------------------------------------------------------
+def _logistic_loop(r, x0, L):
+    x, out = x0, []
+    for _ in range(L):
+        x = r * x * (1.0 - x)
+        out.append(x)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("r", [1.5, 2.5, 2.9, 3.2, 3.4, 3.5])
+@pytest.mark.parametrize("x0", [0.05, 0.3, 0.7, 0.95])
+@pytest.mark.parametrize("L", [20, 200])
+def test_stable_logistic_maps_converge_by_default(r, x0, L):
+    # fixed points (r < 3), 2-cycles (3.2, 3.4) and a 4-cycle (3.5): stable recurrences are
+    # never DIVERGED; the answer matches the float64 loop (L = 2000 runs in bench robust)
+    sol = pcrsolve.solve(lambda x, l: r * x * (1 - x), np.array([x0]), L)
+    assert sol.status is Status.CONVERGED and sol.iterations <= L
+    np.testing.assert_allclose(sol.states[:, 0], _logistic_loop(r, x0, L), rtol=0, atol=1e-8)
+
+
+def test_issue_example_and_iteration_counts():
+    # r = 2.5 from 0.3 was DIVERGED; observed iteration counts (update deliberately when the
+    # globalisation changes): 6 for x0 = 0.3 at every L, <= 12 for x0 = 0.05 at L = 2000
+    sol = pcrsolve.solve(lambda x, l: 2.5 * x * (1 - x), np.array([0.3]), 20, throw=False)
+    assert sol.status is Status.CONVERGED and sol.iterations <= 6
+    sol = pcrsolve.solve(lambda x, l: 2.5 * x * (1 - x), np.array([0.05]), 2000)
+    assert sol.iterations <= 12
+
+
+def test_undamped_newton_still_available():
+    f = lambda x, l: 2.5 * x * (1 - x)  # noqa: E731
+    a = pcrsolve.solve(f, np.array([0.1]), 400, globalisation="none", throw=False)
+    b = pcrsolve.solve(f, np.array([0.1]), 400, damping=False, throw=False)
+    assert a.status in (Status.DIVERGED, Status.NONFINITE) and b.status is a.status
+    assert a.globalisation == "none" and a.lm_steps == 0
+    with pytest.raises(pcrsolve.InputError, match="`damping=True` means"):
+        pcrsolve.solve(f, np.array([0.1]), 4, damping=True, globalisation="none")
+    with pytest.raises(pcrsolve.InputError, match="`globalisation`"):
+        pcrsolve.solve(f, np.array([0.1]), 4, globalisation="line-search")
+
+
+@pytest.mark.parametrize("mode", ["newton", "quasi", "jacobi"])
+@pytest.mark.parametrize("scale", [1e-8, 1.0, 1e4, 1e9])
+def test_converged_answers_are_within_the_promised_tolerance(rng, mode, scale):
+    # far-off initial guesses and huge x0 used to loosen the default atol
+    prob = tanh_mlp(rng, L=200, w=4, gain=0.9)
+    step = prob.step_for(lambda a: a)
+    x0 = scale * rng.standard_normal((2, 4))
+    ref = prob.reference(x0)
+    rtol = pcrsolve.default_tolerance(np.float64, np)
+    for init in (None, scale * rng.standard_normal((2, 200, 4))):
+        sol = pcrsolve.solve(step, x0, prob.L, mode=mode, init=init, throw=False)
+        if sol.status is Status.CONVERGED:
+            err = np.max(np.abs(sol.states - ref), axis=(-2, -1))
+            promised = rtol * np.max(np.abs(ref), axis=(-2, -1))
+            assert np.all(err <= 2 * promised), (err, promised)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -1e-3])
+def test_non_finite_or_negative_tolerances_are_refused(rng, bad):
+    _, step = _mlp(rng)
+    for name in ("tol", "atol"):
+        with pytest.raises(pcrsolve.InputError, match=f"`{name}`"):
+            pcrsolve.solve(step, np.ones(3), 8, **{name: bad})
+
+
+def test_integer_like_length_and_bool_refused(rng):
+    prob, step = _mlp(rng)
+    sol = pcrsolve.solve(step, np.ones(3), np.int64(8))
+    np.testing.assert_allclose(sol.states, prob.reference(np.ones(3)), rtol=1e-10)
+    with pytest.raises(pcrsolve.InputError, match="`length`"):
+        pcrsolve.solve(step, np.ones(3), True)
+
+
+def test_sizes_that_cannot_fit_are_refused_before_allocating(rng):
+    _, step = _mlp(rng)
+    with pytest.raises(pcrsolve.InputError, match="`length` is too large"):
+        pcrsolve.solve(step, np.ones(3), 10**12)
+
+
+def test_meta_device_is_refused():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(pcrsolve.InputError, match=r"`x0`.*meta"):
+        pcrsolve.solve(lambda x, l: torch.tanh(x), torch.ones(3, device="meta"), 8)
+
+
+@pytest.mark.parametrize("source", ["jacobian", "jvp"])
+def test_nan_from_user_jacobian_raises(rng, source):
+    _, step = _mlp(rng)
+    bad = {"jacobian": lambda x, l: np.full((*x.shape, x.shape[-1]), np.nan),
+           "jvp": lambda x, l, v: np.full(v.shape, np.nan)}[source]
+    with pytest.raises(pcrsolve.StepFunctionError, match=f"`{source}` returned NaN"):
+        pcrsolve.solve(step, np.ones(3), 8, **{source: bad})
+
+
+def test_lyapunov_exponent_and_chaos_message():
+    # logistic map at r = 4: exponent log 2; the failure message says so
+    step = lambda x, l: 4.0 * x * (1 - x)  # noqa: E731
+    with pytest.raises(pcrsolve.ConvergenceError, match=r"chaotic.*fallback=True") as info:
+        pcrsolve.solve(step, np.array([0.3]), 300, max_iter=5)
+    # along the unconverged last iterate the estimate is rough, but clearly positive
+    assert info.value.solution.lyapunov_exponent > 0.3
+    J = np.full((64, 1), 2.0)  # diagonal blocks: exactly log 2
+    from pcrsolve.lyapunov import lyapunov_exponent
+    assert abs(float(lyapunov_exponent(J, "diagonal", np)) - np.log(2)) < 1e-12
+    stable = pcrsolve.solve(lambda x, l: 2.5 * x * (1 - x), np.array([0.3]), 300)
+    assert stable.lyapunov_exponent < 0
