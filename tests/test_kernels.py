@@ -127,7 +127,8 @@ def test_dense_kernel_recursion_and_shared_blocks(rng):
     assert rel_err(x.cpu().numpy(), reference_solve(A, b, x0, "dense")) <= 1e-13
 
 
-def test_kernel_refuses_what_it_cannot_do(rng):
+def test_kernel_refuses_what_it_cannot_do(rng, monkeypatch):
+    monkeypatch.setenv("PCRSOLVE_NO_NUMBA", "1")  # NumPy's kernels are the numba ones
     A, b, _ = random_system(rng, "dense", 8, 17)
     dense = pcrsolve.BidiagonalSystem(_t(A, torch.float32), _t(b, torch.float32))
     with pytest.raises(pcrsolve.InputError, match="kernel"):

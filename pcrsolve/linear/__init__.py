@@ -53,8 +53,8 @@ def solve_linear(
         ``"sequential"`` is the reference loop; ``"pcr"`` recursive doubling (fewest
         parallel steps); ``"cr"`` work-efficient cyclic reduction; ``"chunked"`` sequential
         inside chunks and parallel across them (least memory); ``"kernel"`` the backend's
-        fused kernel (torch + Triton or CuPy on a GPU; diagonal, scalar, or dense with
-        w <= 16).
+        fused kernel (torch + Triton or CuPy on a GPU: diagonal, scalar, or dense with
+        w <= 16; NumPy with numba installed: every structure and width).
         ``"auto"`` picks by ``L``, ``w``, structure and backend (see
         :func:`choose_method`), and takes the kernel on a GPU where one applies.
     chunk_size : int, optional
@@ -103,8 +103,9 @@ def solve_linear(
         kernel = get_backend(system.xp).fast_linear(system)
         if kernel is None:
             raise InputError(
-                "`method='kernel'` needs a fused kernel for this system: diagonal or scalar "
-                "structure or dense blocks with w <= 16, and either torch tensors on a CUDA "
+                "`method='kernel'` needs a fused kernel for this system: NumPy arrays with "
+                "numba installed (pip install 'pcrsolve[numba]'), or diagonal or scalar "
+                "structure or dense blocks with w <= 16 and either torch tensors on a CUDA "
                 "device with Triton installed (or TRITON_INTERPRET=1 on the CPU) and no "
                 "input that requires grad, or CuPy arrays on a CUDA device; use 'auto' to "
                 "fall back to the generic path"

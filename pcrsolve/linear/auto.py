@@ -6,7 +6,10 @@ and more arithmetic (dense blocks: ``w^3`` per product instead of ``w^2`` per st
 ``method="auto"`` estimates each method's time from the backend's
 :class:`~pcrsolve.backends.CostModel` and picks the cheapest:
 
-* long scalar or diagonal recurrences: ``"cr"`` on a CPU, ``"pcr"`` or ``"cr"`` on a GPU;
+* a backend's compiled kernel (``"kernel"``) whenever it applies and its fixed call cost is
+  repaid: on a GPU always, on a CPU with numba beyond a few dozen steps;
+* long scalar or diagonal recurrences without a kernel: ``"cr"`` on a CPU, ``"pcr"`` or
+  ``"cr"`` on a GPU;
 * short recurrences of wide dense blocks: ``"sequential"`` (the extra ``w^3`` work of a
   block product costs more than the overhead it saves);
 * narrow dense blocks with a batch: ``"chunked"`` or ``"cr"``.
@@ -41,7 +44,9 @@ def estimate_costs(system: Any) -> dict[str, float]:
     Returns
     -------
     dict of str to float
-        Keys ``"sequential"``, ``"cr"``, ``"pcr"`` and ``"chunked"``.
+        Keys ``"sequential"``, ``"cr"``, ``"pcr"`` and ``"chunked"``, and ``"kernel"``
+        where the backend's cost model prices a compiled kernel (finite
+        ``kernel_overhead``).
     """
     L, w, s = system.length, system.width, system.structure
     m = get_backend(system.xp).cost_model(system.device)
@@ -51,6 +56,9 @@ def estimate_costs(system: Any) -> dict[str, float]:
     levels = max(1, math.ceil(math.log2(max(L, 2))))
     per_step = w * w if dense else w
     seq_step = m.step_overhead + batch * per_step * (m.seq_flop_time if dense else 1e-9)
+    float_step = getattr(m, "float_step", None)
+    if float_step is not None and w == 1 and batch <= 4:  # the lean loop on Python floats
+        seq_step = batch * float_step
     cr = 2 * levels * m.level_overhead + _parallel(2 * L, batch, a_batch, w, dense, m)
     C = default_chunk_size(L)
     n = -(-L // C)
@@ -60,12 +68,18 @@ def estimate_costs(system: Any) -> dict[str, float]:
         + 2 * chunk_levels * m.level_overhead
         + _parallel(3 * L, batch, a_batch, w, dense, m)
     )
-    return {
+    costs = {
         "sequential": L * seq_step,
         "cr": cr,
         "pcr": levels * m.level_overhead + _parallel(levels * L, batch, a_batch, w, dense, m),
         "chunked": chunked,
     }
+    kernel_overhead = getattr(m, "kernel_overhead", math.inf)
+    if math.isfinite(kernel_overhead):
+        flop = getattr(m, "kernel_dense_flop_time", m.kernel_flop_time) if dense \
+            else m.kernel_flop_time
+        costs["kernel"] = kernel_overhead + L * batch * per_step * flop
+    return costs
 
 
 def choose_method(system: Any) -> str:
@@ -79,7 +93,8 @@ def choose_method(system: Any) -> str:
     -------
     str
         One of ``"sequential"``, ``"cr"``, ``"pcr"``, ``"chunked"``, or ``"kernel"`` (a
-        fused kernel of the backend, on an accelerator, where one applies).
+        fused kernel of the backend: on an accelerator wherever one applies, on a CPU
+        with numba where the cost model says it is cheapest).
     """
     if system.length <= 2:
         return "sequential"
@@ -87,4 +102,6 @@ def choose_method(system: Any) -> str:
     if backend.is_accelerator(system.device) and backend.fast_linear(system) is not None:
         return "kernel"
     costs = estimate_costs(system)
+    if "kernel" in costs and backend.fast_linear(system) is None:
+        del costs["kernel"]
     return min(costs, key=costs.__getitem__)
