@@ -132,6 +132,15 @@ _SUITES: dict[str, tuple[str, str, tuple[str, ...], dict[str, dict[str, Any]]]] 
          "size": dict(help="problem sizes of the experiments (full is meant for a GPU)"),
          "plot": dict(help="write the figures to DIR (default: no figures)")},
     ),
+    "robust": (
+        "recurrences nobody tuned for Newton: success rate per mode and globalisation",
+        "Solve stable, periodic, saturating, stiff and chaotic recurrences (NumPy, float64) "
+        "with each mode and globalisation, and report the success rate (CONVERGED and within "
+        "1e-8 of a float64 loop, or an honest failure for chaos), iterations, time and the "
+        "largest error of a CONVERGED answer.",
+        ("length", "seed", "json"),
+        {"length": dict(default=200, help="number of steps L of every case (at most 2000)")},
+    ),
     "gpu": (
         "every GPU target in one run (tiny sizes on a CPU) (torch)",
         "Check every GPU target: fused kernels, Newton, adjoint, GRU and DDPM against the "
