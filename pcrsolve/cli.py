@@ -141,6 +141,23 @@ _SUITES: dict[str, tuple[str, str, tuple[str, ...], dict[str, dict[str, Any]]]] 
         ("length", "seed", "json"),
         {"length": dict(default=200, help="number of steps L of every case (at most 2000)")},
     ),
+    "distributed": (
+        "sequence-parallel solves across processes (torch.distributed; launch with torchrun)",
+        "Time pcrsolve.distributed on P processes (gloo, one thread each): Newton on a tanh "
+        "recurrence (w = 4, B = 8) and a diagonal linear recurrence (w = 1), with compute "
+        "time, communication time and bytes per iteration, the same at L/16 (communication "
+        "must not depend on L), against the one-process solve and the sequential loops. "
+        "Launch with 'torchrun --standalone --nproc-per-node P -m pcrsolve bench "
+        "distributed'; without torchrun it runs on one process. Needs torch.",
+        ("dtype", "seed", "size", "length", "repeat", "tol", "cases", "json"),
+        {"size": dict(help=(
+            "problem sizes: tiny (Newton L = 2^10, linear L = 2^14), small and medium (the "
+            "targets: 2^16 and 2^22), full (2^18 and 2^24)")),
+         "length": dict(default=None, help="number of steps L of both cases (default: from "
+                        "--size)"),
+         "repeat": dict(default=3),
+         "cases": dict(help="cases to run, of newton, linear (default: both)")},
+    ),
     "gpu": (
         "every GPU target in one run (tiny sizes on a CPU) (torch)",
         "Check every GPU target: fused kernels, Newton, adjoint, GRU and DDPM against the "

@@ -3,7 +3,7 @@ sequential loop with every parallel method on the same problem."""
 
 from __future__ import annotations
 
-from . import gpu, linear, newton, paper, robust  # noqa: F401  (register the suites)
+from . import distributed, gpu, linear, newton, paper, robust  # noqa: F401  (register the suites)
 from .harness import SUITES, Report, Row, Workspace, measure, suite
 
 __all__ = ["SUITES", "Report", "Row", "Workspace", "measure", "suite"]
