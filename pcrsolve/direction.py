@@ -26,6 +26,7 @@ for ``"jacobi"``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +42,12 @@ __all__ = [
     "lm_step",
     "model_residual",
     "newton_step",
+    "periodic_tail",
     "pinned_prefix",
 ]
+
+#: the longest period :func:`periodic_tail` looks for
+KMAX = 64
 
 
 def jacobian_blocks(
@@ -201,6 +206,70 @@ def newton_step(J: Any, R: Any, frozen: Any, structure: str, method: str, xp: An
     """
     Rf = R if frozen is None else xp.where(frozen[..., None], xp.zeros_like(R), R)
     return solve_direction(J, Rf, structure, method, xp, gamma)
+
+
+def periodic_tail(X: Any, F: Any, x0: Any, head: Any, xp: Any, kmax: int = KMAX) -> Any:
+    """A restart of the tail: keep the head, make the next state exact, repeat the last period.
+
+    With ``p`` the length of the converged ``head`` and ``q = p + 1`` (state ``q`` takes
+    ``f_q(X_p)``, exact when the head is), the states after ``q`` repeat the last ``K``
+    known ones: ``Y_l = Y_{l-K}`` for ``l > q``. ``K`` is the head's return time: the
+    ``K <= min(kmax, q)`` with the smallest ``max_i |Y_q - Y_{q-K}|`` (``Y_0 = x0``), the
+    smallest ``K`` among those within twice the best. A trajectory settling on a fixed point
+    gets ``K = 1`` (``f_q(X_p)`` repeated), one settling on a ``k``-cycle ``K = k``: the
+    tail is then the cycle itself, in the phase the head left it, and the residual is
+    nonzero only where the head is not yet on the cycle. Everything is a gather: no step
+    is evaluated sequentially.
+
+    Parameters
+    ----------
+    X, F : array, shape (..., L, w)
+        A trajectory and ``f_l(X_{l-1})``.
+    x0 : array, shape (..., w)
+    head : array of bool, shape (..., L)
+        The converged prefix (``frozen`` of :func:`pinned_prefix`).
+    xp : module
+    kmax : int
+        The longest period looked for.
+
+    Returns
+    -------
+    array, shape (..., L, w)
+        ``X`` on the head, ``F`` at state ``q``, the repeated period after it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pcrsolve.direction import periodic_tail
+    >>> X = np.array([0.2, 0.8, 0.2, 0.5, 0.5, 0.5])[:, None]  # a 2-cycle, then a guess
+    >>> head = np.array([True, True, False, False, False, False])
+    >>> F = np.array([0.2, 0.8, 0.2, 0.8, 0.5, 0.5])[:, None]  # f(X_prev), f swaps 0.2 and 0.8
+    >>> periodic_tail(X, F, np.array([0.8]), head, np)[:, 0].tolist()
+    [0.2, 0.8, 0.2, 0.8, 0.2, 0.8]
+    """
+    L, w = X.shape[-2], X.shape[-1]
+    dev = device_of(X)
+    p = xp.sum(xp.astype(head, xp.int64), axis=-1)
+    q = xp.minimum(p + 1, xp.full_like(p, L))
+    steps = xp.arange(1, L + 1, dtype=xp.int64, device=dev)
+    nxt = steps == q[..., None]
+    Y = xp.where(head[..., None] | ~nxt[..., None], X, F)
+    # P_l = Y_l for l = 0..L, with Y_0 = x0
+    P = xp.concat([xp.broadcast_to(x0[..., None, :], (*X.shape[:-2], 1, w)), Y], axis=-2)
+    K = xp.arange(1, min(kmax, L) + 1, dtype=xp.int64, device=dev)
+    back = q[..., None] - K
+    back = xp.where(back >= 0, back, xp.zeros_like(back))
+    Pk = xp.take_along_axis(P, xp.broadcast_to(back[..., None], (*back.shape, w)), axis=-2)
+    Pq = xp.take_along_axis(P, xp.broadcast_to(q[..., None, None], (*q.shape, 1, w)), axis=-2)
+    d = xp.max(xp.abs(Pk - Pq), axis=-1)
+    d = xp.where(K <= q[..., None], d, xp.full_like(d, math.inf))
+    near = d <= 2.0 * xp.min(d, axis=-1)[..., None]
+    period = xp.astype(xp.argmax(xp.astype(near, xp.int8), axis=-1), xp.int64) + 1
+    offset = xp.remainder(steps - q[..., None] - 1, period[..., None])
+    index = xp.where(steps > q[..., None], q[..., None] - period[..., None] + 1 + offset,
+                     steps)
+    return xp.take_along_axis(P, xp.broadcast_to(index[..., None], (*index.shape, w)),
+                              axis=-2)
 
 
 def _dense(J: Any, xp: Any) -> Any:

@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .direction import lm_step, pinned_prefix
+from .direction import lm_step, periodic_tail, pinned_prefix
 from .namespace import device_of
 
 __all__ = ["GLOBALISATIONS", "NoGlobalisation", "TrustRegion", "make_globalisation"]
@@ -151,13 +151,12 @@ class TrustRegion:
         xp = self.xp
         pin = pinned[..., None]
         # 1. keep the Newton trial's converged head and restart the tail from its end: the
-        #    tail takes the sequential update of the head's last state, repeated (the
-        #    default initial guess, from a better point)
+        #    state after the head takes f of the head's last state, and the states after it
+        #    repeat the head's last period (a fixed point: that state repeated; a k-cycle:
+        #    the cycle in its phase); see periodic_tail
         if tolerance is not None:
-            head, after = pinned_prefix(trial.state_res, tolerance(current.X, current.F), xp)
-            nxt = after & ~head
-            fill = xp.sum(xp.where(nxt[..., None], trial.F, xp.zeros_like(trial.F)), axis=-2)
-            t = evaluate(xp.where(head[..., None], trial.X, fill[..., None, :]))
+            head = pinned_prefix(trial.state_res, tolerance(current.X, current.F), xp)[0]
+            t = evaluate(periodic_tail(trial.X, trial.F, trial.Xprev[..., 0, :], head, xp))
             phi, phi_newton, phi_t = merit(current.R, xp), merit(trial.R, xp), merit(t.R, xp)
             ok = rejected & (phi_t <= (1.0 - ETA) * phi) & ~(phi_t > phi_newton)
             newton_ok = rejected & ~ok & (phi_newton <= (1.0 - ETA) * phi)
