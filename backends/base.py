@@ -156,6 +156,30 @@ class Backend:
         """
         return None
 
+    def cyclic_reduction(self, A: Any, b: Any, x0: Any, structure: Any) -> Any:
+        """Cyclic reduction of a forward system in a form lean for this library, or None.
+
+        The same algorithm as :func:`pcrsolve.linear.cr.solve_cr` (the same pairing of
+        equations), run with the library's own means: preallocated level buffers, in-place
+        updates and strided writes instead of the fresh arrays and ``stack`` interleaving
+        the Array API allows. ``None`` (the default) means: use the generic Array-API
+        reduction.
+
+        Parameters
+        ----------
+        A : array, shape (..., L, w, w) / (..., L, w) / (..., L)
+            Forward-oriented blocks in the working dtype (batch dimensions broadcastable
+            against ``b``'s).
+        b : array, shape (..., L, w)
+        x0 : array, shape (..., w)
+        structure : pcrsolve.blocks.Structure
+
+        Returns
+        -------
+        array of shape (..., L, w), or None
+        """
+        return None
+
     # -- solver selection -----------------------------------------------------------------
     def cost_model(self, device: Any) -> CostModel:
         """Constants for ``method="auto"`` on ``device``."""

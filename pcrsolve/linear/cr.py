@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backends import get_backend
 from ..blocks import Structure
 from .pcr import fold_x0
 
-__all__ = ["solve_cr"]
+__all__ = ["solve_cr", "solve_cr_generic"]
 
 _BASE = 2  # lengths at or below this are finished directly
 
@@ -62,6 +63,32 @@ def _reduce(A: Any, b: Any, structure: Structure, xp: Any) -> Any:
 
 def solve_cr(A: Any, b: Any, x0: Any, structure: Structure, xp: Any) -> Any:
     """Solve a forward system by cyclic (odd-even) reduction.
+
+    The backend may run the reduction in its own way
+    (:meth:`~pcrsolve.backends.Backend.cyclic_reduction`: on NumPy, preallocated buffers
+    and in-place ufuncs); otherwise :func:`solve_cr_generic` runs it on the Array API.
+
+    Parameters
+    ----------
+    A : array, shape (..., L, w, w) / (..., L, w) / (..., L)
+    b : array, shape (..., L, w)
+    x0 : array, shape (..., w)
+    structure : Structure
+    xp : module
+
+    Returns
+    -------
+    array, shape (..., L, w)
+    """
+    lean = get_backend(xp).cyclic_reduction(A, b, x0, structure)
+    if lean is not None:
+        return lean
+    return solve_cr_generic(A, b, x0, structure, xp)
+
+
+def solve_cr_generic(A: Any, b: Any, x0: Any, structure: Structure, xp: Any) -> Any:
+    """Cyclic reduction written against the Array API only (the reference of every backend's
+    :meth:`~pcrsolve.backends.Backend.cyclic_reduction`).
 
     Parameters
     ----------
