@@ -21,7 +21,7 @@ from pcrsolve.errors import InputError
 
 from .torch_params import param_list
 
-__all__ = ["TorchCommunicator", "differentiable_solve"]
+__all__ = ["TorchCommunicator", "differentiable_solve", "local_kernels"]
 
 
 class TorchCommunicator:
@@ -217,3 +217,179 @@ def differentiable_solve(solve_impl: Any, step: Any, x0: torch.Tensor, length: i
     sol = run.solution
     sol.states = states
     return sol
+
+
+# -- compiled local passes on CPU tensors (numba) --------------------------------------------
+# The local work of a rank in a distributed linear solve is two passes over its segment: a
+# *reduce* pass (the segment's affine summary; read-only) and a *solve* pass from the
+# incoming state. The generic Array-API passes are trees of small batched products (several
+# passes over memory, O(n log n) for a summary); on CPU tensors these compiled loops read
+# the segment once per pass. They are the same arithmetic as the generic path (tests compare
+# them) and are used only where they apply: CPU tensors, float32/float64, nothing that
+# requires grad, numba installed (and not switched off by PCRSOLVE_NO_NUMBA=1).
+_REDUCE: dict[str, Any] = {}
+
+
+def _reduce_kernels() -> dict[str, Any]:
+    """``{"dense": ..., "elementwise": ...}``, compiled on first use."""
+    if _REDUCE:
+        return _REDUCE
+    import numpy as np
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def dense(A, amap, b, bmap, x0, xmap, want_A, A_out, b_out):  # pragma: no cover
+        # per batch element i: y = A_n (... (A_1 x0 + b_1) ...) + b_n and P = A_n ... A_1
+        B, n, w = b_out.shape[0], b.shape[1], b.shape[2]
+        y = np.empty(w)
+        t = np.empty(w)
+        P = np.empty((w, w))
+        Q = np.empty((w, w))
+        for i in range(B):
+            ia, ib = amap[i], bmap[i]
+            for k in range(w):
+                y[k] = x0[xmap[i], k]
+            if want_A:
+                for r in range(w):
+                    for k in range(w):
+                        P[r, k] = 1.0 if r == k else 0.0
+            for l in range(n):
+                for r in range(w):
+                    acc = b[ib, l, r]
+                    for k in range(w):
+                        acc += A[ia, l, r, k] * y[k]
+                    t[r] = acc
+                for r in range(w):
+                    y[r] = t[r]
+                if want_A:
+                    for r in range(w):
+                        for c in range(w):
+                            acc = 0.0
+                            for k in range(w):
+                                acc += A[ia, l, r, k] * P[k, c]
+                            Q[r, c] = acc
+                    for r in range(w):
+                        for c in range(w):
+                            P[r, c] = Q[r, c]
+            for k in range(w):
+                b_out[i, k] = y[k]
+            if want_A:
+                for r in range(w):
+                    for c in range(w):
+                        A_out[i, r, c] = P[r, c]
+
+    @njit(cache=True, nogil=True)
+    def elementwise(A, amap, b, bmap, x0, xmap, want_A, A_out, b_out):  # pragma: no cover
+        # A: (BA, n, 1) scalar blocks or (BA, n, w) diagonal ones
+        B, n, w = b_out.shape[0], b.shape[1], b.shape[2]
+        wa = A.shape[2]
+        for i in range(B):
+            ia, ib = amap[i], bmap[i]
+            for k in range(w):
+                ka = k if wa > 1 else 0
+                y = x0[xmap[i], k]
+                p = 1.0
+                for l in range(n):
+                    a = A[ia, l, ka]
+                    y = a * y + b[ib, l, k]
+                    p = a * p
+                b_out[i, k] = y
+                if want_A and k < wa:
+                    A_out[i, k] = p
+
+    _REDUCE.update(dense=dense, elementwise=elementwise)
+    return _REDUCE
+
+
+def _rows(shape: tuple[int, ...], batch: tuple[int, ...]) -> Any:
+    """For each element of ``batch`` (C order), its row in an array of batch ``shape``."""
+    import numpy as np
+
+    n = int(np.prod(shape, dtype=np.int64))
+    rows = np.arange(n, dtype=np.intp).reshape((1,) * (len(batch) - len(shape)) + shape)
+    return np.ascontiguousarray(np.broadcast_to(rows, batch).reshape(-1))
+
+
+class _CpuKernels:
+    """The compiled reduce and solve passes (see above); each returns None where it does
+    not apply, and the caller takes the generic path."""
+
+    @staticmethod
+    def applies(*tensors: Any) -> bool:
+        from .numpy_backend import numba_available
+
+        ok = all(isinstance(t, torch.Tensor) and t.device.type == "cpu"
+                 and t.dtype in (torch.float32, torch.float64)
+                 and not (t.requires_grad and torch.is_grad_enabled())
+                 for t in tensors if t is not None)
+        return ok and numba_available()
+
+    def summary(self, A: torch.Tensor, b: torch.Tensor, x0: torch.Tensor | None,
+                block_ndim: int, batch: tuple[int, ...], want_A: bool) -> Any:
+        """``(A_seg, b_seg)`` of a forward segment (``b_seg`` from ``x0``, or zero), or None.
+
+        ``A_seg`` is ``A_n ... A_1`` (shape ``(*batch, *block)``) if ``want_A``, else None.
+        """
+        import numpy as np
+
+        if not self.applies(A, b, x0):
+            return None
+        n, w = int(b.shape[-2]), int(b.shape[-1])
+        B = int(np.prod(batch, dtype=np.int64))
+        work = b.dtype
+        a_np = A.detach().to(work).contiguous().numpy()
+        abatch = tuple(a_np.shape[:a_np.ndim - 1 - block_ndim])
+        a_np = a_np.reshape(-1, n, *a_np.shape[a_np.ndim - block_ndim:])
+        b_np = b.detach().contiguous().numpy()
+        bbatch = tuple(b_np.shape[:-2])
+        b_np = b_np.reshape(-1, n, w)
+        if x0 is None:
+            x_np, xbatch = np.zeros((1, w), dtype=b_np.dtype), ()
+        else:
+            x_np = x0.detach().to(work).contiguous().numpy()
+            xbatch = tuple(x_np.shape[:-1])
+            x_np = x_np.reshape(-1, w)
+        amap, bmap, xmap = _rows(abatch, batch), _rows(bbatch, batch), _rows(xbatch, batch)
+        kernels = _reduce_kernels()
+        b_out = np.empty((B, w), dtype=np.float64)
+        if block_ndim == 2:
+            A_out = np.empty((B, w, w), dtype=np.float64)
+            kernels["dense"](a_np, amap, b_np, bmap, x_np, xmap, want_A, A_out, b_out)
+        else:
+            a3 = a_np.reshape(-1, n, 1) if block_ndim == 0 else a_np
+            A_out = np.empty((B, a3.shape[2]), dtype=np.float64)
+            kernels["elementwise"](a3, amap, b_np, bmap, x_np, xmap, want_A, A_out, b_out)
+            if block_ndim == 0:
+                A_out = A_out[:, 0]
+        block = tuple(A_out.shape[1:])
+        A_seg = (torch.from_numpy(A_out).to(work).reshape(*batch, *block) if want_A
+                 else None)
+        return A_seg, torch.from_numpy(b_out).to(work).reshape(*batch, w)
+
+    def solve(self, A: torch.Tensor, b: torch.Tensor, z: torch.Tensor, block_ndim: int,
+              reverse: bool, batch: tuple[int, ...]) -> Any:
+        """This rank's states from its incoming state ``z`` (numba_kernels.solve), or None."""
+        if not self.applies(A, b, z):
+            return None
+        import numpy as np
+
+        from . import numba_kernels
+
+        work = b.dtype
+        x = numba_kernels.solve(A.detach().to(work).numpy(), b.detach().numpy(),
+                                z.detach().to(work).numpy(), block_ndim, reverse, batch,
+                                np.dtype(str(work).replace("torch.", "")))
+        return torch.from_numpy(x)
+
+
+def local_kernels() -> _CpuKernels:
+    """The compiled local passes of :mod:`pcrsolve.distributed` for torch CPU tensors.
+
+    Returns
+    -------
+    object
+        With ``summary(A, b, x0, block_ndim, batch, want_A)`` and
+        ``solve(A, b, z, block_ndim, reverse, batch)``; each returns None where it does not
+        apply (GPU tensors, tensors requiring grad, no numba).
+    """
+    return _CpuKernels()

@@ -394,15 +394,18 @@ def _incoming(system: BidiagonalSystem, comm: Communicator, x0: Any,
     dev = device_of(b)
     m_a = math.prod(batch) * math.prod(s.block_shape(w))
     m_b = math.prod(batch) * w
+    start, end = _is_start(comm, system.reverse), _is_end(comm, system.reverse)
     if failure is None:
         try:
-            A_seg, b_seg = segment_summary(A, b, s, xp)
-            A_seg = xp.broadcast_to(A_seg, (*batch, *s.block_shape(w)))
-            if _is_start(comm, system.reverse):
+            zero_A = xp.zeros((*batch, *s.block_shape(w)), dtype=b.dtype, device=dev)
+            if end:  # the scan never reads the chain's last summary: nothing to compute
+                A_seg, b_seg = zero_A, xp.zeros((*batch, w), dtype=b.dtype, device=dev)
+            else:
                 # the chain's start folds x0 in: its map sends anything to its last state,
-                # so the other ranks never need x0 (z = 0 enters the scan)
-                b_seg = s.apply(A_seg, x0, xp) + b_seg
-                A_seg = xp.zeros_like(A_seg)
+                # so the other ranks never need x0 (z = 0 enters the scan) and its own
+                # A_seg is never formed
+                A_seg, b_seg = _summary(A, b, x0 if start else None, s, batch, xp)
+                A_seg = zero_A if start else xp.broadcast_to(A_seg, zero_A.shape)
             buf = xp.concat([xp.zeros((1,), dtype=b.dtype, device=dev),
                              xp.reshape(A_seg, (m_a,)), xp.reshape(b_seg, (m_b,))])
         except Exception as exc:
@@ -416,7 +419,7 @@ def _incoming(system: BidiagonalSystem, comm: Communicator, x0: Any,
     if failed:
         _raise_failures(comm, failed, failure, "linear solve")
     P, r = comm.size, comm.rank
-    if _is_start(comm, system.reverse):
+    if start:
         return x0
     order = range(P - 1, r, -1) if system.reverse else range(r)
     z = xp.zeros_like(x0)
@@ -431,8 +434,59 @@ def _to_list(x: Any, xp: Any) -> list[float]:
     return get_backend(xp).host_floats(x)
 
 
-def _local_solve(system: BidiagonalSystem, z: Any, method: str) -> Any:
-    """The segment solved from its incoming state ``z`` by a single-process method."""
+def _local_kernels(xp: Any) -> Any | None:
+    """The compiled local passes registered for ``xp``'s library (None: generic only)."""
+    name = namespace_name(xp)
+    if name not in _KERNELS:
+        entry = _LOCAL_KERNELS.get(name)
+        if entry is None:
+            _KERNELS[name] = None
+        else:
+            module, _, fn = entry.partition(":")
+            _KERNELS[name] = getattr(importlib.import_module(module), fn)()
+    return _KERNELS[name]
+
+
+#: Compiled local passes (reduce and solve) per library, ``"module:factory"`` imported on
+#: first use; each pass returns None where it does not apply (then the generic path runs).
+_LOCAL_KERNELS = {"torch": "pcrsolve.backends.torch_distributed:local_kernels"}
+_KERNELS: dict[str, Any] = {}
+
+
+def _summary(A: Any, b: Any, x0: Any | None, s: Structure, batch: tuple[int, ...],
+             xp: Any) -> tuple[Any, Any]:
+    """``(A_seg, b_seg)`` of a forward segment, ``b_seg`` run from ``x0`` (None: zero);
+    with ``x0`` given, ``A_seg`` is not needed and may be None."""
+    kernels = _local_kernels(xp)
+    if kernels is not None:
+        got = kernels.summary(A, b, x0, s.block_ndim, batch, x0 is None)
+        if got is not None:
+            return got
+    A_seg, b_seg = segment_summary(A, b, s, xp)
+    if x0 is not None:
+        b_seg = s.apply(xp.broadcast_to(A_seg, (*batch, *s.block_shape(b.shape[-1]))), x0,
+                        xp) + b_seg
+    return A_seg, b_seg
+
+
+def _local_solve(system: BidiagonalSystem, z: Any, method: str, used: list | None = None
+                 ) -> Any:
+    """The segment solved from its incoming state ``z`` by a single-process method
+    (``"auto"``: the compiled local pass where one applies); appends the method's name to
+    ``used``."""
+    if method == "auto":
+        kernels = _local_kernels(system.xp)
+        if kernels is not None:
+            x = kernels.solve(system.A, system.b, z, system.structure.block_ndim,
+                              system.reverse, tuple(system.batch_shape))
+            if x is not None:
+                if used is not None:
+                    used.append("kernel")
+                return x
+    if used is not None:
+        from .linear import choose_method
+
+        used.append(choose_method(system) if method == "auto" else method)
     local = BidiagonalSystem(system.A, system.b, z, structure=system.structure.name,
                              reverse=system.reverse, check_finite=False, xp=system.xp)
     return _single_solve_linear(local, method=method)
@@ -448,6 +502,11 @@ def _solve_segment(system: BidiagonalSystem, comm: Communicator, method: str,
 
 def _is_start(comm: Communicator, reverse: bool) -> bool:
     return comm.rank == (comm.size - 1 if reverse else 0)
+
+
+def _is_end(comm: Communicator, reverse: bool) -> bool:
+    """The chain's last rank: its summary is never read."""
+    return comm.rank == (0 if reverse else comm.size - 1)
 
 
 def solve_linear(system: BidiagonalSystem, *, group: Any = None, method: str = "auto") -> Any:
@@ -907,12 +966,11 @@ def _iterate(step: Callable, x0: Any, length: int, comm: Communicator, xp: Any, 
             # a rank that failed still takes part in the all-gather, with its error flag
             system = guard(blocks, Xprev, R, F, iterations, fallback=no_blocks)
             z = _incoming(system, comm, zero_state, guard.exc)
-            D = guard(_local_solve, system, z, linear_method,
+            used: list[str] = []
+            D = guard(_local_solve, system, z, linear_method, used,
                       fallback=lambda system, *_: xp.zeros_like(system.b))
-            if method_used == "auto":
-                from .linear import choose_method
-
-                method_used = choose_method(system)
+            if method_used == "auto" and used:
+                method_used = used[0]
             # the exact prefix (residual 0, over every rank before this one too) and the
             # state after it take f(X_prev), as in pcrsolve.solve: one more exact state per
             # iteration, bit for bit, whatever D is

@@ -402,6 +402,65 @@ def test_threaded_linear_numpy(structure: str, reverse: bool) -> None:
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("structure", list(SHAPES))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_threaded_torch_compiled_local_passes_match_generic(structure: str, reverse: bool,
+                                                           monkeypatch: Any) -> None:
+    """torch CPU tensors take the compiled (numba) reduce and solve passes; the generic
+    Array-API passes give the same states (and both the loop's)."""
+    torch = pytest.importorskip("torch")
+    A, b, x0 = _linear_problem(structure, 17, seed=3)
+    cuts = [0, 8, 9, 17]
+
+    def run() -> np.ndarray:
+        def rank_fn(comm: Any) -> Any:
+            lo, hi = cuts[comm.rank], cuts[comm.rank + 1]
+            return dsolve_linear(pcrsolve.BidiagonalSystem(
+                torch.tensor(A[:, lo:hi]), torch.tensor(b[:, lo:hi]), torch.tensor(x0),
+                structure=structure, reverse=reverse), group=comm)
+
+        return np.concatenate([x.numpy() for x in ThreadedGroup(3).run(rank_fn)], axis=-2)
+
+    ref = _linear_loop(A, b, x0, structure, reverse)
+    compiled = run()
+    monkeypatch.setitem(pcrsolve.distributed._KERNELS, "torch", None)
+    generic = run()
+    np.testing.assert_allclose(compiled, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(generic, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("structure", list(SHAPES))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_compiled_summary_matches_segment_summary(structure: str, dtype: str) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("numba")
+    from pcrsolve.backends.numpy_backend import numba_available
+    from pcrsolve.backends.torch_distributed import local_kernels
+
+    if not numba_available():
+        pytest.skip("numba switched off")
+    A, b, x0 = _linear_problem(structure, 13, seed=8)
+    t = getattr(torch, dtype)
+    At, bt, xt = (torch.tensor(a, dtype=t) for a in (A[:1], b, x0))  # A broadcast over batch
+    s = pcrsolve.blocks.STRUCTURES[structure]
+    kernels = local_kernels()
+    got_A, got_b = kernels.summary(At, bt, None, s.block_ndim, (2,), True)
+    ref_A, ref_b = segment_summary(At.double(), bt.double(), s, pcrsolve.distributed
+                                   .infer_namespace({"b": bt}))
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    assert got_A.dtype == got_b.dtype == t
+    np.testing.assert_allclose(got_A.double().numpy(),
+                               np.broadcast_to(ref_A.numpy(), got_A.shape), rtol=tol, atol=tol)
+    np.testing.assert_allclose(got_b.double().numpy(), ref_b.numpy(), rtol=tol, atol=tol)
+    # from x0: the segment's last state, without A_seg
+    none_A, last = kernels.summary(At, bt, xt, s.block_ndim, (2,), False)
+    assert none_A is None
+    loop = _linear_loop(np.broadcast_to(A[:1], A.shape), b, x0, structure, False)
+    np.testing.assert_allclose(last.double().numpy(), loop[:, -1], rtol=tol, atol=tol)
+    # where it does not apply: None (the caller takes the generic path)
+    assert kernels.summary(At.requires_grad_(True), bt, None, s.block_ndim, (2,), True) is None
+
+
 def test_segment_summary_is_the_product() -> None:
     A, b, _ = _linear_problem("dense", 7, seed=4)
     A_seg, b_seg = segment_summary(A, b, pcrsolve.blocks.DENSE, np)
