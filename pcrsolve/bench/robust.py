@@ -13,7 +13,8 @@ A suite of recurrences nobody tuned for Newton, each with a NumPy float64 refere
 
 For every mode/globalisation pair the table gives the success rate (CONVERGED and within
 1e-8 of the loop, or, for chaos, an honest non-CONVERGED report), the median and largest
-iteration count, the total time and the largest error of a CONVERGED answer.
+iteration count (overall and per family), the total time and the largest error of a
+CONVERGED answer.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def run_robust(opts: Any) -> Report:
     for mode, glob in _CONFIGS:
         ok = total = 0
         its: list[int] = []
+        by_family: dict[str, list[int]] = {}
         worst, t_all = 0.0, 0.0
         fails: dict[str, int] = {}
         for (family, _name, step, x0), ref in zip(cases, refs, strict=True):
@@ -88,6 +90,7 @@ def run_robust(opts: Any) -> Report:
                 t_all += time.perf_counter() - t0
             total += 1
             its.append(sol.iterations)
+            by_family.setdefault(family, []).append(sol.iterations)
             conv = sol.status.name == "CONVERGED"
             err = float(np.max(np.abs(np.asarray(sol.states) - ref))) if conv else 0.0
             if conv:
@@ -99,7 +102,10 @@ def run_robust(opts: Any) -> Report:
                 fails[family] = fails.get(family, 0) + 1
         rows.append(Row(f"{mode}/{glob}", t_all, [t_all], worst, None, {
             "success": f"{ok}/{total}", "median it": int(np.median(its)),
-            "max it": max(its), "failures": ",".join(f"{k}:{v}" for k, v in fails.items())
+            "max it": max(its),
+            "it by family (median/max)": " ".join(
+                f"{k}:{int(np.median(v))}/{max(v)}" for k, v in by_family.items()),
+            "failures": ",".join(f"{k}:{v}" for k, v in fails.items())
             or "-"}))
     notes = [f"  L={L}; the ms column is the total over all {len(cases)} cases (one run "
              "each); max rel err: the largest absolute error of a CONVERGED non-chaotic "
