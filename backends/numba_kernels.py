@@ -19,7 +19,8 @@ float32 system is at least as accurate as its float32 loop):
 * **Wider elementwise chains** (diagonal, scalar with ``w > 1``): one step updates ``w``
   independent chains, vectorised over the feature axis.
 * **Dense blocks**: one matrix-vector product per step, unrolled for ``w <= 4``.
-* **Threads**: ``prange`` over batch elements when the batch alone fills the cores;
+* **Threads**: ``prange`` over batch elements when the batch alone fills the cores (and
+  the work repays a parallel region: :data:`PARALLEL_MIN_WORK`; else one thread);
   otherwise (elementwise chains only) a chunked two-pass scan across threads: thread 0
   runs the first ``f0 L`` steps from ``x0`` directly while the other threads compute the
   affine transfers of the remaining pieces from a zero state, the pieces' carries are
@@ -35,12 +36,15 @@ running products only enter the carries, where a product below ``TINY`` is set t
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numba
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["dense_batch", "ew_batch", "ew_chunked", "num_threads", "solve", "w1_batch",
-           "w1_chunked"]
+__all__ = ["dense_batch", "dense_serial", "ew_batch", "ew_chunked", "ew_serial", "num_threads",
+           "solve", "w1_batch", "w1_chunked", "w1_serial"]
 
 #: Running products of a chunk transfer below this magnitude are set to zero: they are
 #: exact to far below the rounding of any state and would otherwise be subnormal, which
@@ -435,6 +439,51 @@ def dense_batch(A, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - com
         _dense_chain(A, b, out, amap[i], bmap[i], i, rev, x, y)
 
 
+# One-thread variants of the batch kernels: the same loops without a parallel region. A
+# parallel region costs ~10-30 us to start on an idle machine and milliseconds on a loaded
+# one (its worker threads wait for a core: 7-16 ms measured under load ~5 on the 2-core
+# EPYC, for an L = 64 chain that takes 1 us), so work that one thread finishes in well under
+# a millisecond, or a batch of one, never starts one.
+
+
+@njit(cache=True, nogil=True)
+def w1_serial(a, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compiled
+    """:func:`w1_batch` on the calling thread."""
+    L = b.shape[1]
+    for i in range(out.shape[0]):
+        _w1_range(a, b, out, amap[i], bmap[i], i, 0, L, rev, x0[xmap[i]])
+
+
+@njit(cache=True, nogil=True)
+def ew_serial(A, sa, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compiled
+    """:func:`ew_batch` on the calling thread."""
+    L = b.shape[1]
+    w = b.shape[2]
+    x = np.empty(w, np.float64)
+    for i in range(out.shape[0]):
+        for j in range(w):
+            x[j] = x0[xmap[i], j]
+        _ew_range(A, sa, b, out, amap[i], bmap[i], i, 0, L, rev, x)
+
+
+@njit(cache=True, nogil=True)
+def dense_serial(A, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compiled
+    """:func:`dense_batch` on the calling thread."""
+    w = b.shape[2]
+    x = np.empty(w, np.float64)
+    y = np.empty(w, np.float64)
+    for i in range(out.shape[0]):
+        for j in range(w):
+            x[j] = x0[xmap[i], j]
+        _dense_chain(A, b, out, amap[i], bmap[i], i, rev, x, y)
+
+
+#: Fewest multiply-adds (``B L w``, ``B L w^2`` for dense blocks) for which :func:`solve`
+#: spreads a batch over threads; below it, or with a batch of one, the kernel runs on the
+#: calling thread (a parallel region's start-up would cost more than it saves).
+PARALLEL_MIN_WORK = 1 << 17
+
+
 def num_threads() -> int:
     """Threads numba's parallel loops use."""
     return int(numba.get_num_threads())
@@ -453,11 +502,17 @@ CHUNK_MIN_STEPS = 1 << 62
 FIRST_SHARE = 0.45
 
 
+@functools.lru_cache(maxsize=64)
 def _row_map(shape: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
-    """For each element of ``batch`` (C order), its row in an array of batch ``shape``."""
-    n = int(np.prod(shape, dtype=np.int64))
+    """For each element of ``batch`` (C order), its row in an array of batch ``shape``.
+
+    Cached (read-only): building it costs more than a short chain's kernel.
+    """
+    n = math.prod(shape)
     rows = np.arange(n, dtype=np.intp).reshape((1,) * (len(batch) - len(shape)) + shape)
-    return np.ascontiguousarray(np.broadcast_to(rows, batch).reshape(-1))
+    out = np.ascontiguousarray(np.broadcast_to(rows, batch).reshape(-1))
+    out.flags.writeable = False
+    return out
 
 
 def solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
@@ -488,7 +543,7 @@ def solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
     np.ndarray, shape (*batch, L, w), dtype ``work``
     """
     L, w = int(b.shape[-2]), int(b.shape[-1])
-    B = int(np.prod(batch, dtype=np.int64))
+    B = math.prod(batch)
     out = np.empty((B, L, w), dtype=work)
     if B == 0 or L == 0:
         return out.reshape(*batch, L, w)
@@ -507,19 +562,21 @@ def solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
         chunk_threads = B < T and L >= CHUNK_MIN_STEPS
     chunk_threads = chunk_threads and block_ndim < 2 and T > 1
     rev = bool(reverse)
+    work_size = B * L * w * (w if block_ndim == 2 else 1)
+    parallel = T > 1 and B > 1 and work_size >= PARALLEL_MIN_WORK
     if block_ndim == 2:
-        dense_batch(A, b, x0, out, amap, bmap, xmap, rev)
+        (dense_batch if parallel else dense_serial)(A, b, x0, out, amap, bmap, xmap, rev)
     elif w == 1:
         a2, b2, o2, x2 = A.reshape(-1, L), b.reshape(-1, L), out.reshape(B, L), x0.reshape(-1)
         if chunk_threads:
             w1_chunked(a2, b2, x2, o2, amap, bmap, xmap, rev, T, FIRST_SHARE)
         else:
-            w1_batch(a2, b2, x2, o2, amap, bmap, xmap, rev)
+            (w1_batch if parallel else w1_serial)(a2, b2, x2, o2, amap, bmap, xmap, rev)
     else:
         A3 = A.reshape(-1, L, 1) if block_ndim == 0 else A
         sa = 0 if block_ndim == 0 else 1
         if chunk_threads:
             ew_chunked(A3, sa, b, x0, out, amap, bmap, xmap, rev, T, FIRST_SHARE)
         else:
-            ew_batch(A3, sa, b, x0, out, amap, bmap, xmap, rev)
+            (ew_batch if parallel else ew_serial)(A3, sa, b, x0, out, amap, bmap, xmap, rev)
     return out.reshape(*batch, L, w)

@@ -46,6 +46,18 @@ def test_kernels_match_reference(rng, structure, w, reverse, dtype, chunk):
         assert rel_err(x.astype(np.float64), ref) <= tolerance(dtype, L), L
 
 
+@pytest.mark.parametrize("structure", ["dense", "diagonal", "scalar"])
+@pytest.mark.parametrize("w", [1, 3])
+def test_one_thread_and_parallel_batch_kernels_agree(rng, monkeypatch, structure, w):
+    # small work runs on the calling thread (no parallel region); force both ways
+    A, b, x0 = random_system(rng, structure, 41, w, batch=(3,), a_batch=(1,))
+    ref = reference_solve(A, b, x0, structure)
+    for min_work in (0, 1 << 62):
+        monkeypatch.setattr(numba_kernels, "PARALLEL_MIN_WORK", min_work)
+        x = _solve(A, b, x0, structure, False, (3,), "float64", False)
+        assert rel_err(x, ref) <= tolerance("float64", 41)
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("chunk", [False, True], ids=["batch", "chunked"])
 @pytest.mark.parametrize("case", ["near_one", "growth", "contracting"])
