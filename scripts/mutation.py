@@ -669,6 +669,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="test sets to run in turn until one kills: 'fast,full' (default), "
                          "'fast' (one tier; survivors of the subset are survivors) or 'full'")
     ap.add_argument("--rerun", default=None, help="JSON of an earlier run: its survivors only")
+    ap.add_argument("--exclude", nargs="+", default=(),
+                    help="JSON files of earlier runs: draw only from mutants they did not run "
+                         "(a second sample that, with the first, is one larger random sample)")
     ap.add_argument("--out", default="mutation.json", help="where to write the JSON results")
     ap.add_argument("--list", action="store_true", help="count the mutants and stop")
     ap.add_argument("--show", action="store_true", help="with --list: print every mutant")
@@ -723,7 +726,14 @@ def _run(args: argparse.Namespace, paths: list[str], spaces: list[Workspace]) ->
             print(f"stale (source changed, not found): {k}")
         order = {p: i for i, p in enumerate(paths)}
         mutants = sorted(chosen, key=lambda m: (order[m.path], m.start))
-    elif args.sample is not None and args.sample < len(mutants):
+    else:
+        done_keys: set[str] = set()
+        for name in args.exclude:
+            with open(name) as fh:
+                done_keys |= {m["key"] for m in json.load(fh)["mutants"]
+                              if m["outcome"] != "pending"}
+        mutants = [m for m in mutants if m.key not in done_keys]
+    if not args.rerun and args.sample is not None and args.sample < len(mutants):
         chosen = random.Random(args.seed).sample(range(len(mutants)), args.sample)
         mutants = [mutants[i] for i in sorted(chosen)]
     print(f"{len(mutants)} mutants to run (population {sum(population.values())})")
