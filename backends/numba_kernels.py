@@ -480,8 +480,12 @@ def dense_serial(A, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - co
 
 #: Fewest multiply-adds (``B L w``, ``B L w^2`` for dense blocks) for which :func:`solve`
 #: spreads a batch over threads; below it, or with a batch of one, the kernel runs on the
-#: calling thread (a parallel region's start-up would cost more than it saves).
-PARALLEL_MIN_WORK = 1 << 17
+#: calling thread. Measured on the 2-core EPYC under load ~3-5 (one thread / ``prange``,
+#: min of 15): scalar B=8 L=2^15 0.44 / 5.4 ms; diagonal B=8 w=16 L=2^14 2.7 / 8.0 ms;
+#: dense B=8 w=16 L=4096 3.9 / 7.0 ms; scalar B=8 L=2^20 21 / 24 ms: a parallel region
+#: starts in ~10-30 us on an idle machine but waits milliseconds for a core on a busy one,
+#: so only work of ~10 ms and more (where two threads can save that much) is spread.
+PARALLEL_MIN_WORK = 1 << 23
 
 
 def num_threads() -> int:

@@ -143,17 +143,21 @@ class NumpyBackend(Backend):
         return run
 
     def cost_model(self, device: Any) -> CostModel:
-        # Fitted to `python -m pcrsolve bench linear` and `python -m pcrsolve.bench.auto_grid`
+        # Fitted to `python -m pcrsolve bench linear` and pcrsolve.linear.auto.time_methods
         # on a 2-core AMD EPYC (NumPy 2.4, numba 0.68): the ufunc loop costs ~1.5 us per
-        # step (two calls), the float loop ~0.25 us per step and chain; a kernel call ~30 us
-        # fixed (index maps, one parallel region) plus ~2 ns per elementwise update (~1 ns
-        # idle, 2-4 ns under load) and ~0.5 ns per dense multiply-add (w = 64, L = 4096:
-        # 7.6 ms for 16.8M multiply-adds).
+        # step (two calls), the float loop ~0.25 us per step and chain; a kernel call on one
+        # thread (most calls, see numba_kernels.PARALLEL_MIN_WORK) ~11-16 us fixed (was
+        # ~30 us with index maps built per call and a parallel region per call) plus ~2 ns
+        # per elementwise update (~1 ns idle, 2-4 ns under load) and ~0.5 ns per dense
+        # multiply-add (w = 64, L = 4096: 7.6 ms for 16.8M multiply-adds). The sequential
+        # loop's own fixed cost (~20 us: L = 8, kernel 11 us, loop 21-37 us) is not in the
+        # model, so below ~40 steps it still picks the loop, up to ~3x slower than the
+        # kernel there (grid in docs/linear.rst).
         return NumpyCostModel(
             step_overhead=1.5e-6, level_overhead=8e-6, block_overhead=6e-8,
             seq_flop_time=1e-9, par_flop_time=1.5e-10, elementwise_time=2.5e-9,
             float_step=2.5e-7,
-            kernel_overhead=3e-5 if numba_available() else float("inf"),
+            kernel_overhead=1.2e-5 if numba_available() else float("inf"),
             kernel_flop_time=2e-9, kernel_dense_flop_time=5e-10)
 
 

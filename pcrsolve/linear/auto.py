@@ -23,7 +23,7 @@ from typing import Any
 from ..backends import get_backend
 from .chunked import default_chunk_size
 
-__all__ = ["choose_method", "estimate_costs"]
+__all__ = ["choose_method", "estimate_costs", "time_methods"]
 
 
 def _parallel(n: int, batch: int, a_batch: int, w: int, dense: bool, m: Any) -> float:
@@ -105,3 +105,51 @@ def choose_method(system: Any) -> str:
     if "kernel" in costs and backend.fast_linear(system) is None:
         del costs["kernel"]
     return min(costs, key=costs.__getitem__)
+
+
+def time_methods(system: Any, methods: Any = None, repeat: int = 5) -> dict[str, float]:
+    """Median seconds of each method on ``system``, measured here (to check ``auto``'s pick).
+
+    Parameters
+    ----------
+    system : BidiagonalSystem
+    methods : iterable of str, optional
+        Default: every method of :data:`pcrsolve.linear.METHODS`, and ``"kernel"`` where the
+        backend has one for ``system``.
+    repeat : int, default 5
+        Timed runs per method after one untimed warm-up run.
+
+    Returns
+    -------
+    dict of str to float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pcrsolve
+    >>> from pcrsolve.linear.auto import time_methods
+    >>> system = pcrsolve.BidiagonalSystem(np.full((64,), 0.5), np.ones((64, 1)),
+    ...                                    structure="scalar")
+    >>> sorted(time_methods(system, ["sequential", "cr"], repeat=1))
+    ['cr', 'sequential']
+    """
+    import statistics
+
+    from . import METHODS, solve_linear
+
+    backend = get_backend(system.xp)
+    if methods is None:
+        methods = list(METHODS) + (["kernel"] if backend.fast_linear(system) is not None
+                                   else [])
+    times = {}
+    for m in methods:
+        solve_linear(system, method=m)
+        runs = []
+        for _ in range(max(1, int(repeat))):
+            backend.synchronize(system.device)
+            t0 = backend.timer()
+            solve_linear(system, method=m)
+            backend.synchronize(system.device)
+            runs.append(backend.timer() - t0)
+        times[m] = statistics.median(runs)
+    return times
