@@ -263,8 +263,9 @@ def periodic_tail(X: Any, F: Any, x0: Any, head: Any, xp: Any, kmax: int = KMAX)
     Pq = xp.take_along_axis(P, xp.broadcast_to(q[..., None, None], (*q.shape, 1, w)), axis=-2)
     d = xp.max(xp.abs(Pk - Pq), axis=-1)
     d = xp.where(K <= q[..., None], d, xp.full_like(d, math.inf))
-    near = d <= 2.0 * xp.min(d, axis=-1)[..., None]
-    period = xp.astype(xp.argmax(xp.astype(near, xp.int8), axis=-1), xp.int64) + 1
+    near = d <= 2.0 * xp.min(d, axis=-1)[..., None]  # none where d is NaN: K = 1
+    period = xp.min(xp.where(near, K, xp.full_like(back, 1 << 30)), axis=-1)
+    period = xp.where(period > L, xp.ones_like(period), period)
     offset = xp.remainder(steps - q[..., None] - 1, period[..., None])
     index = xp.where(steps > q[..., None], q[..., None] - period[..., None] + 1 + offset,
                      steps)
