@@ -54,6 +54,8 @@ def _problem(name: str, rng: np.random.Generator):
         return _logistic(3.2, 0.7, 200)
     if name == "logistic_4cycle":
         return _logistic(3.5, 0.3, 200)
+    if name == "logistic_3cycle":  # the period-3 window
+        return _logistic(3.83, 0.3, 200)
     if name == "logistic_2cycle_long":
         return _logistic(3.4, 0.3, 2000)
     if name == "logistic_chaotic":  # Lyapunov exponent log 2: no parallel speed-up exists
@@ -109,6 +111,7 @@ RECORDED: dict[tuple[str, str, str], tuple[str, int]] = {
     ("logistic_4cycle", "quasi", "trust-region"): (C, 16),
     ("logistic_4cycle", "quasi", "none"): (D, 1),
     ("logistic_4cycle", "jacobi", "none"): (C, 200),
+    ("logistic_3cycle", "newton", "trust-region"): (C, 44),  # was 200
     # L = 2000 (was 1994 with a constant tail)
     ("logistic_2cycle_long", "newton", "trust-region"): (C, 17),
     ("logistic_2cycle_long", "quasi", "trust-region"): (C, 17),
