@@ -327,6 +327,21 @@ def test_periodic_tail_repeats_the_heads_cycle():
     np.testing.assert_array_equal(out[..., 0], np.broadcast_to(F[:, :1, 0], (3, L)))
 
 
+@pytest.mark.parametrize("r", [3.2, 3.5, 3.83])
+def test_periodic_restarts_keep_the_exact_prefix(r):
+    # the trust region's tail restarts (periodic_tail) never undo exact states: after k
+    # iterations the first k states are the loop's, bit for bit, even with tol = atol = 0
+    L = 60
+    ref = _logistic_loop(r, 0.3, L)
+    for k in (1, 5, 20):
+        sol = pcrsolve.solve(lambda x, l: r * x * (1 - x), np.array([0.3]), L, max_iter=k,
+                             tol=0.0, atol=0.0, throw=False)
+        np.testing.assert_array_equal(sol.states[:k, 0], ref[:k])
+    sol = pcrsolve.solve(lambda x, l: r * x * (1 - x), np.array([0.3]), L, tol=0.0, atol=0.0)
+    assert sol.iterations <= L
+    np.testing.assert_array_equal(sol.states[:, 0], ref)
+
+
 def test_issue_example_and_iteration_counts():
     # r = 2.5 from 0.3 was DIVERGED; observed iteration counts (update deliberately when the
     # globalisation changes): 6 for x0 = 0.3 at every L, <= 12 for x0 = 0.05 at L = 2000
