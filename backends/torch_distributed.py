@@ -280,22 +280,40 @@ def _reduce_kernels() -> dict[str, Any]:
 
     @njit(cache=True, nogil=True)
     def elementwise(A, amap, b, bmap, x0, xmap, want_A, A_out, b_out):  # pragma: no cover
-        # A: (BA, n, 1) scalar blocks or (BA, n, w) diagonal ones
+        # A: (BA, n, 1) scalar blocks or (BA, n, w) diagonal ones. Each chain runs as four
+        # quarters in lockstep (four independent dependency chains: the pass is limited by
+        # memory, not by the latency of y = a y + b), then the quarters are composed.
         B, n, w = b_out.shape[0], b.shape[1], b.shape[2]
         wa = A.shape[2]
+        m = n // 4
         for i in range(B):
             ia, ib = amap[i], bmap[i]
             for k in range(w):
                 ka = k if wa > 1 else 0
+                y0 = y1 = y2 = y3 = 0.0
+                p0 = p1 = p2 = p3 = 1.0
+                for l in range(m):
+                    a0 = A[ia, l, ka]
+                    a1 = A[ia, l + m, ka]
+                    a2 = A[ia, l + 2 * m, ka]
+                    a3 = A[ia, l + 3 * m, ka]
+                    y0 = a0 * y0 + b[ib, l, k]
+                    y1 = a1 * y1 + b[ib, l + m, k]
+                    y2 = a2 * y2 + b[ib, l + 2 * m, k]
+                    y3 = a3 * y3 + b[ib, l + 3 * m, k]
+                    p0 *= a0
+                    p1 *= a1
+                    p2 *= a2
+                    p3 *= a3
+                for l in range(4 * m, n):
+                    a3 = A[ia, l, ka]
+                    y3 = a3 * y3 + b[ib, l, k]
+                    p3 *= a3
                 y = x0[xmap[i], k]
-                p = 1.0
-                for l in range(n):
-                    a = A[ia, l, ka]
-                    y = a * y + b[ib, l, k]
-                    p = a * p
+                y = p3 * (p2 * (p1 * (p0 * y + y0) + y1) + y2) + y3
                 b_out[i, k] = y
                 if want_A and k < wa:
-                    A_out[i, k] = p
+                    A_out[i, k] = p3 * p2 * p1 * p0
 
     _REDUCE.update(dense=dense, elementwise=elementwise)
     return _REDUCE

@@ -8,13 +8,17 @@ Rank ``r`` of ``P`` owns steps ``s_r + 1 .. s_r + n_r`` of the chain
 1. *Reduce.* Composing the affine maps of its segment, every rank computes its
    *summary* ``x_{s_r + n_r} = A^(r) x_{s_r} + b^(r)`` with ``A^(r) = A_{s+n} ... A_{s+1}``
    (``w^2`` numbers, ``w`` for diagonal blocks, one for scalar ones) and ``b^(r)`` the
-   segment solved from a zero state (``w`` numbers), per batch element, by a pairwise
-   reduction tree (``n_r`` block products, ``log2 n_r`` depth).
+   segment solved from a zero state (``w`` numbers), per batch element: one compiled
+   read-only pass where the library registers one (torch CPU tensors, numba), else a
+   pairwise reduction tree (``n_r`` block products, ``log2 n_r`` depth). Only the ranks
+   strictly inside the chain need ``A^(r)``: the start folds ``x_0`` in (its ``b^(r)`` is
+   its last state) and nobody reads the last rank's summary.
 2. *Exchange.* One all-gather of the ``P`` summaries: ``O(P w^2)`` numbers, independent of
    ``L``.
 3. *Scan.* Every rank runs the ``P``-step recurrence ``z_{q+1} = A^(q) z_q + b^(q)``,
    ``z_0 = x_0``, up to its own rank: ``z_r = x_{s_r}``, its incoming state.
-4. *Local solve.* The segment is solved from ``z_r`` with any single-process method.
+4. *Local solve.* The segment is solved from ``z_r`` with any single-process method
+   (``"auto"``: the compiled loop where registered, else :func:`pcrsolve.solve_linear`).
 
 The reverse direction runs the chain from the last rank down. Newton's method on a
 distributed trajectory (:func:`solve`) adds, per iteration, one point-to-point exchange of
