@@ -105,3 +105,18 @@ def test_solve_linear_cr_takes_the_lean_reduction_on_numpy(rng, monkeypatch):
     x = pcrsolve.solve_linear(system, method="cr")
     assert calls
     assert rel_err(x, reference_solve(A, b, x0, "scalar", reverse=True)) <= tolerance("float64", 50)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_lean_reduction_in_segments(rng, monkeypatch, structure):
+    # tiny segments: many of them, odd tails, a segment of one step at the end
+    from pcrsolve.backends import numpy_backend
+
+    for seg_bytes in (1, 16, 24 * 8, 7 * 24 * 8):
+        monkeypatch.setattr(numpy_backend, "SEGMENT_BYTES", seg_bytes)
+        for L in (1, 2, 3, 29, 64, 97):
+            A, b, x0 = random_system(rng, structure, L, 3, batch=(2, 4), a_batch=(1, 4),
+                                     scale=1.2)
+            x = cyclic_reduction(A, b, x0, NDIM[structure])
+            ref = reference_solve(A, b, x0, structure)
+            assert rel_err(x, ref) <= tolerance("float64", L), (seg_bytes, L)
