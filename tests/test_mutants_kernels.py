@@ -1,0 +1,106 @@
+"""Which compiled kernel ``numba_kernels.solve`` dispatches to, and that its answer is the loop's.
+
+Kills host-code mutants of ``scripts/mutation.py`` in ``backends/numba_kernels.py`` that
+every answer test misses because all the kernels are exact: the documented dispatch
+(``chunk_threads``: by default the chunked scan across threads runs when the batch has
+fewer elements than threads and chains are at least ``CHUNK_MIN_STEPS`` long,
+elementwise blocks only, more than one thread) is observed by wrapping the kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+from pcrsolve.backends import numba_kernels
+
+NDIM = {"dense": 2, "diagonal": 1, "scalar": 0}
+KERNELS = tuple(n for n in ("w1_batch", "w1_serial", "w1_chunked", "ew_batch", "ew_serial",
+                            "ew_chunked", "dense_batch", "dense_serial")
+                if hasattr(numba_kernels, n))
+
+
+def expected(family: str, chunk: bool) -> set[str]:
+    """The kernels that may run: the chunked scan, or one chain per thread / the caller's."""
+    if chunk:
+        return {f"{family}_chunked"}
+    return {f"{family}_batch", f"{family}_serial"}
+
+
+def loop_f64(A, b, x0, structure):
+    x = np.asarray(x0, np.float64).copy()
+    out = np.empty(b.shape)
+    for l in range(b.shape[-2]):
+        if structure == "dense":
+            x = np.einsum("...ij,...j->...i", A[..., l, :, :], x) + b[..., l, :]
+        elif structure == "diagonal":
+            x = A[..., l, :] * x + b[..., l, :]
+        else:
+            x = A[..., l, None] * x + b[..., l, :]
+        out[..., l, :] = x
+    return out
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Names of the kernels ``solve`` calls, in order (each still runs)."""
+    seen: list[str] = []
+    for name in KERNELS:
+        real = getattr(numba_kernels, name)
+
+        def spy(*args, _real=real, _name=name):
+            seen.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(numba_kernels, name, spy)
+    return seen
+
+
+def system(rng, structure, batch, L, w):
+    shape = {"dense": (*batch, L, w, w), "diagonal": (*batch, L, w),
+             "scalar": (*batch, L)}[structure]
+    A = rng.uniform(-0.9, 0.9, shape) / (np.sqrt(w) if structure == "dense" else 1.0)
+    return A, rng.standard_normal((*batch, L, w)), rng.standard_normal((*batch, w))
+
+
+CASES = [("scalar", 1, "w1"), ("diagonal", 1, "w1"), ("diagonal", 3, "ew"),
+         ("scalar", 3, "ew"), ("dense", 2, "dense")]
+
+
+@pytest.mark.parametrize("structure,w,family", CASES)
+def test_default_dispatch_chunks_only_long_chains_of_a_small_batch(rng, calls, monkeypatch,
+                                                                    structure, w, family):
+    T = numba_kernels.num_threads()
+    L = 40
+    monkeypatch.setattr(numba_kernels, "CHUNK_MIN_STEPS", L)  # this length is long enough
+    for batch, L_run in (((1,), L), ((1,), L - 1), ((max(T, 1),), L)):
+        calls.clear()
+        A, b, x0 = system(rng, structure, batch, L_run, w)
+        x = numba_kernels.solve(A, b, x0, NDIM[structure], False, batch, np.dtype("float64"))
+        ref = loop_f64(A, b, x0, structure)
+        np.testing.assert_allclose(x, ref, rtol=1e-12, atol=1e-12)
+        chunk = (family != "dense" and T > 1 and batch[0] < T and L_run >= L)
+        assert len(calls) == 1 and calls[0] in expected(family, chunk), (batch, L_run, T)
+
+
+@pytest.mark.parametrize("structure,w,family", CASES)
+@pytest.mark.parametrize("force", [True, False])
+def test_forced_dispatch(rng, calls, structure, w, family, force):
+    T = numba_kernels.num_threads()
+    A, b, x0 = system(rng, structure, (2,), 30, w)
+    x = numba_kernels.solve(A, b, x0, NDIM[structure], True, (2,), np.dtype("float64"),
+                            chunk_threads=force)
+    ref = loop_f64(A[..., ::-1, :, :] if structure == "dense" else A[..., ::-1, :]
+                   if structure == "diagonal" else A[..., ::-1], b[..., ::-1, :], x0,
+                   structure)[..., ::-1, :]
+    np.testing.assert_allclose(x, ref, rtol=1e-12, atol=1e-12)
+    chunk = force and family != "dense" and T > 1
+    assert len(calls) == 1 and calls[0] in expected(family, chunk), calls
+
+
+def test_default_never_chunks_at_the_shipped_threshold(rng, calls):
+    A, b, x0 = system(rng, "scalar", (1,), 64, 1)
+    numba_kernels.solve(A, b, x0, 0, False, (1,), np.dtype("float64"))
+    assert len(calls) == 1 and calls[0] in expected("w1", False)
+    assert numba_kernels.CHUNK_MIN_STEPS > 1 << 40  # measured: chunking never pays here
