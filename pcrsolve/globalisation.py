@@ -12,9 +12,12 @@ batch element, what to do with the direction's proposal.
 
 actual over predicted reduction, ``m`` the linear model's merit (Moré 1978; Nielsen 1999).
 Each iteration first tries the **Newton step** (λ = 0: one bidiagonal solve, ``m = 0``), so
-a problem Newton handles pays nothing beyond evaluating ``φ``. Batch elements where it
-fails (``ρ <= η``) take **Levenberg–Marquardt steps** ``(G^T G + λ I) Δ = -G^T r`` (one
-block-tridiagonal solve each, :func:`pcrsolve.direction.lm_step`) with their own ``λ``:
+a problem Newton handles pays nothing beyond evaluating ``φ``; it is kept when ``φ`` falls
+by a quarter, or stays within ``GROWTH = 3`` times the smallest ``φ`` of the iterates so far
+(a bounded non-monotone rule, for iterations whose merit rises before it falls). Batch
+elements where it fails (``ρ <= η``) take **Levenberg–Marquardt steps**
+``(G^T G + λ I) Δ = -G^T r`` (one block-tridiagonal solve each,
+:func:`pcrsolve.direction.lm_step`) with their own ``λ``:
 
 * accepted (``ρ > η``): ``λ ← λ · max(1/3, 1 - (2ρ - 1)^3)``, ``ν ← 2`` (Nielsen);
 * rejected: ``λ ← λ ν``, ``ν ← 2 ν``, and try again (at most a few times per iteration).
@@ -52,6 +55,10 @@ LAMBDA_START = 1.0
 LAMBDA_MIN = 1e-2
 #: Levenberg–Marquardt trials per iteration, for the elements whose Newton step failed
 MAX_TRIALS = 4
+#: a Newton step is also accepted while its merit stays within this factor of the smallest
+#: merit of the iterates so far (a bounded non-monotone rule: Picard and Newton iterations
+#: whose merit rises for a few steps before it falls keep their pace)
+GROWTH = 3.0
 
 
 def merit(R: Any, xp: Any) -> Any:
@@ -91,17 +98,22 @@ class TrustRegion:
         self.lam = xp.full(batch, LAMBDA_START, dtype=dtype, device=dev)
         self.nu = xp.full(batch, 2.0, dtype=dtype, device=dev)
         self.lm_steps = 0  # Levenberg–Marquardt trials taken (for the record)
+        self.best: Any = None  # the smallest merit of the iterates so far, per element
 
     def rejected(self, phi: Any, phi_trial: Any, within: Any, active: Any) -> Any:
         """Which active elements reject the Newton proposal (bool, shape (...)).
 
         The Newton step predicts ``m = 0``, so ``ρ = 1 - φ_trial / φ``: accepted when the
-        merit falls by the fraction ``η``, or when the trial's residual is ``within`` the
-        tolerance already (at the rounding floor the merit need not fall). NaN/Inf in the
-        trial rejects it. Elements that accept have their ``λ`` shrunk by 3 (floored).
+        merit falls by the fraction ``η``, when it stays within ``GROWTH`` times the
+        smallest merit of the iterates so far (non-monotone, but bounded: the merit never
+        escalates), or when the trial's residual is ``within`` the tolerance already (at
+        the rounding floor the merit need not fall). NaN/Inf in the trial rejects it.
+        Elements that accept have their ``λ`` shrunk by 3 (floored).
         """
         xp = self.xp
-        ok = (phi_trial <= (1.0 - ETA_NEWTON) * phi) | (phi == 0.0) | within
+        self.best = phi if self.best is None else xp.minimum(self.best, phi)
+        ok = ((phi_trial <= (1.0 - ETA_NEWTON) * phi) | (phi_trial <= GROWTH * self.best)
+              | (phi == 0.0) | within)
         self.lam = xp.where(ok, xp.maximum(self.lam / 3.0, xp.full_like(self.lam, LAMBDA_MIN)),
                             self.lam)
         return active & ~ok
