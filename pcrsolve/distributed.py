@@ -41,6 +41,7 @@ import importlib
 import math
 import numbers
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -351,6 +352,20 @@ def _check_config(comm: Communicator, config: dict[str, Any], local_error: Excep
     return configs
 
 
+def _configs_agree(comm: Communicator, config: dict[str, Any], local_error: Exception | None,
+                   xp: Any, device: Any) -> bool:
+    """The configuration check in one fixed-size all-gather (an error flag and a checksum of
+    the configuration per rank): True if no rank failed and all agree; otherwise every rank
+    gets False and runs :func:`_check_config` for the message. Cheaper than the object
+    all-gather (one small collective, no pickling) for the common case."""
+    key = repr(sorted((k, v) for k, v in config.items() if not k.startswith("_")))
+    mine = xp.asarray([1.0 if local_error is not None else 0.0,
+                       float(zlib.crc32(key.encode()))], dtype=xp.float64, device=device)
+    got = _to_list(xp.reshape(comm.all_gather(mine), (-1,)), xp)
+    flags, sums = got[0::2], got[1::2]
+    return not any(flags) and all(c == sums[0] for c in sums)
+
+
 # -- the linear solve ---------------------------------------------------------------------------
 def segment_summary(A: Any, b: Any, structure: Structure, xp: Any) -> tuple[Any, Any]:
     """The affine map of a whole (forward) segment, by a pairwise reduction tree.
@@ -546,8 +561,10 @@ def solve_linear(system: BidiagonalSystem, *, group: Any = None, method: str = "
 
     Notes
     -----
-    Communication: one object all-gather (the configuration check) and one all-gather of
-    ``P (w^2 + w + 1)`` numbers per batch element (dense blocks), independent of ``L``.
+    Communication: one all-gather of ``2 P`` numbers (an error flag and a checksum of the
+    configuration; an object all-gather follows only when they disagree, for the message)
+    and one all-gather of ``P (w^2 + w + 1)`` numbers per batch element (dense blocks),
+    independent of ``L``.
     """
     if not isinstance(system, BidiagonalSystem):
         raise InputError(
@@ -566,7 +583,8 @@ def solve_linear(system: BidiagonalSystem, *, group: Any = None, method: str = "
               "reverse": system.reverse, "batch shape": tuple(system.batch_shape),
               "dtype": str(system.dtype), "library": namespace_name(system.xp),
               "_length": system.length}
-    _check_config(comm, config, error, "solve_linear")
+    if not _configs_agree(comm, config, error, system.xp, system.device):
+        _check_config(comm, config, error, "solve_linear")  # raises, naming what differs
     return _solve_segment(system, comm, method)[0]
 
 

@@ -461,6 +461,31 @@ def test_compiled_summary_matches_segment_summary(structure: str, dtype: str) ->
     assert kernels.summary(At.requires_grad_(True), bt, None, s.block_ndim, (2,), True) is None
 
 
+def test_threaded_linear_bad_segment_and_mismatch_raise_on_every_rank() -> None:
+    A, b, x0 = _linear_problem("diagonal", 9, seed=5)
+
+    def rank_fn(comm: Any, cuts: list[int], width: Any) -> Any:
+        lo, hi = cuts[comm.rank], cuts[comm.rank + 1]
+        w = width(comm.rank)
+        try:
+            dsolve_linear(pcrsolve.BidiagonalSystem(A[:, lo:hi, :w], b[:, lo:hi, :w],
+                                                    x0[:, :w], structure="diagonal"),
+                          group=comm)
+        except DistributedError as exc:
+            return exc
+        return None
+
+    empty = ThreadedGroup(3).run(lambda c: rank_fn(c, [0, 4, 4, 9], lambda r: 3))
+    assert all(isinstance(e, DistributedError) and e.failed_ranks == [1] for e in empty)
+    assert "at least one step" in str(empty[0])
+    wide = ThreadedGroup(3).run(lambda c: rank_fn(c, [0, 4, 5, 9], lambda r: 2 if r == 2
+                                                  else 3))
+    assert all(isinstance(e, DistributedError) and "`width`" in str(e) for e in wide)
+    assert wide[0].failed_ranks == [2]
+    ok = ThreadedGroup(3).run(lambda c: rank_fn(c, [0, 4, 5, 9], lambda r: 3))
+    assert ok == [None, None, None]
+
+
 def test_segment_summary_is_the_product() -> None:
     A, b, _ = _linear_problem("dense", 7, seed=4)
     A_seg, b_seg = segment_summary(A, b, pcrsolve.blocks.DENSE, np)
