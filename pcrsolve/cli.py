@@ -176,7 +176,7 @@ _SUITES: dict[str, tuple[str, str, tuple[str, ...], dict[str, dict[str, Any]]]] 
 }
 
 #: What each command needs beyond NumPy: torch always (True), or only with --backend torch.
-_NEEDS_TORCH = {"adjoint": True, "paper": True, "gpu": True}
+_NEEDS_TORCH = {"adjoint": True, "paper": True, "gpu": True, "distributed": True}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -152,6 +152,8 @@ _SUITE_OPTIONS = {
                 "tol", "json"},
     "paper": {"device", "dtype", "seed", "size", "repeat", "plot", "json"},
     "gpu": {"device", "size", "repeat", "cases", "no_peers", "json"},
+    "robust": {"length", "seed", "json"},
+    "distributed": {"dtype", "seed", "size", "length", "repeat", "tol", "cases", "json"},
 }
 
 
