@@ -718,14 +718,20 @@ def _run(args: argparse.Namespace, paths: list[str], spaces: list[Workspace]) ->
 
     if args.rerun:
         with open(args.rerun) as fh:
-            wanted = [m["key"] for m in json.load(fh)["mutants"] if m["outcome"] == "survived"]
+            wanted = [m for m in json.load(fh)["mutants"] if m["outcome"] == "survived"]
         by_key = {m.key: m for m in mutants}
-        chosen = [by_key[k] for k in wanted if k in by_key]
-        stale = [k for k in wanted if k not in by_key]
+        # where the file changed since, the same mutation of the same source text
+        by_text = {(m.path, m.op, m.original, m.mutated): m for m in mutants}
+        chosen, stale = [], []
+        for w in wanted:
+            m = by_key.get(w["key"]) or by_text.get(
+                (w["path"], w["op"], w["original"], w["mutated"]))
+            (chosen if m is not None else stale).append(m or w["key"])
         for k in stale:
             print(f"stale (source changed, not found): {k}")
         order = {p: i for i, p in enumerate(paths)}
-        mutants = sorted(chosen, key=lambda m: (order[m.path], m.start))
+        unique = list({id(m): m for m in chosen}.values())
+        mutants = sorted(unique, key=lambda m: (order[m.path], m.start))
     else:
         done_keys: set[str] = set()
         for name in args.exclude:
