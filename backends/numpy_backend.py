@@ -291,7 +291,7 @@ def cyclic_reduction(A: np.ndarray, b: np.ndarray, x0: np.ndarray,
     # segments of ~SEGMENT_BYTES of states, one after the other, each entered from the last
     # state of the one before (elementwise blocks; dense ones are bound by the products)
     step_bytes = dtype.itemsize * math.prod(out.shape[1:])
-    S = L if dense else max(2, SEGMENT_BYTES // max(step_bytes, 1))
+    S = max(L, 1) if dense else max(2, SEGMENT_BYTES // max(step_bytes, 1))
     for start in range(0, L, S):
         stop = min(L, start + S)
         _reduce_step_major(A[start:stop], b[start:stop], x, out[start:stop], dense)
