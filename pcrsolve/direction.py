@@ -44,6 +44,7 @@ __all__ = [
     "newton_step",
     "periodic_tail",
     "pinned_prefix",
+    "value_and_blocks",
 ]
 
 #: the longest period :func:`periodic_tail` looks for
@@ -87,18 +88,7 @@ def jacobian_blocks(
             return jacobian, jacobian_structure
 
         def diagonal_of(X: Any, l: Any) -> Any:
-            J = jacobian(X, l)
-            if J.ndim < 2 or tuple(J.shape[-2:]) != (X.shape[-1], X.shape[-1]):
-                raise StepFunctionError(
-                    f"`jacobian` must return dense blocks (..., n, {X.shape[-1]}, "
-                    f"{X.shape[-1]}) with the default jacobian_structure='dense'; got shape "
-                    f"{tuple(J.shape)}. If it returns diagonals, pass "
-                    "jacobian_structure='diagonal'."
-                )
-            if isinstance(J, Factored):
-                J.check(tuple(X.shape[:-2]), X.shape[-2], X.shape[-1])
-                return J.diagonal(xp)
-            return xp.linalg.diagonal(J)
+            return _diagonal_of(jacobian(X, l), X, "jacobian", xp)
 
         return diagonal_of, "diagonal"
     if jvp is None and backend.has_autodiff:
@@ -108,8 +98,66 @@ def jacobian_blocks(
     return jacobian_provider(jvp, want, xp), want
 
 
+def _diagonal_of(J: Any, X: Any, name: str, xp: Any) -> Any:
+    """The diagonals ``(..., n, w)`` of the dense blocks ``J`` (for ``mode="quasi"``)."""
+    if J.ndim < 2 or tuple(J.shape[-2:]) != (X.shape[-1], X.shape[-1]):
+        raise StepFunctionError(
+            f"`{name}` must return dense blocks (..., n, {X.shape[-1]}, "
+            f"{X.shape[-1]}) with the default jacobian_structure='dense'; got shape "
+            f"{tuple(J.shape)}. If it returns diagonals, pass "
+            "jacobian_structure='diagonal'."
+        )
+    if isinstance(J, Factored):
+        J.check(tuple(X.shape[:-2]), X.shape[-2], X.shape[-1])
+        return J.diagonal(xp)
+    return xp.linalg.diagonal(J)
+
+
+def value_and_blocks(
+    mode: str,
+    value_and_jacobian: Callable | None,
+    jacobian_structure: str,
+    xp: Any,
+) -> Callable[[Any, Any], tuple[Any, Any]] | None:
+    """``(x_prev, l) -> (f, blocks)`` from the user's ``value_and_jacobian``, or ``None``.
+
+    The blocks are reduced as :func:`jacobian_blocks` reduces the user's ``jacobian``
+    (dense blocks to their diagonals for ``mode="quasi"``), so the structure is the one
+    :func:`jacobian_blocks` reports. ``None`` for the modes without a Jacobian to compute
+    (``"picard"``, ``"jacobi"``), which evaluate the plain step.
+
+    Parameters
+    ----------
+    mode : {"newton", "quasi", "picard", "jacobi"}
+    value_and_jacobian : callable or None
+        ``value_and_jacobian(x_prev, l) -> (f, J)``, as in :func:`pcrsolve.solve`.
+    jacobian_structure : {"dense", "diagonal"}
+        What its ``J`` holds.
+    xp : module
+
+    Returns
+    -------
+    callable or None
+    """
+    if value_and_jacobian is None or mode not in ("newton", "quasi"):
+        return None
+    diagonal = mode == "quasi" and jacobian_structure == "dense"
+
+    def provider(X: Any, l: Any) -> tuple[Any, Any]:
+        out = value_and_jacobian(X, l)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise StepFunctionError(
+                "`value_and_jacobian` must return a pair (value, jacobian): the step's "
+                f"value f(x_prev, l) and its Jacobian blocks; got {type(out).__name__}"
+            )
+        F, J = out
+        return F, (_diagonal_of(J, X, "value_and_jacobian", xp) if diagonal else J)
+
+    return provider
+
+
 def check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int,
-                 dtype: Any) -> None:
+                 dtype: Any, name: str = "jacobian") -> None:
     """Raise :class:`StepFunctionError` unless ``J`` holds ``structure`` blocks of ``dtype``.
 
     Parameters
@@ -122,11 +170,13 @@ def check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int,
     L, w : int
     dtype
         The working dtype.
+    name : str, default "jacobian"
+        The argument that supplied ``J``, for messages.
     """
     if isinstance(J, Factored):
         if structure != "dense":
             raise StepFunctionError(
-                f"`jacobian` returned Factored blocks, which stand for dense blocks; pass "
+                f"`{name}` returned Factored blocks, which stand for dense blocks; pass "
                 f"jacobian_structure='dense' (got {structure!r})"
             )
         J.check(batch, L, w)
@@ -138,11 +188,11 @@ def check_blocks(J: Any, structure: str, batch: tuple[int, ...], L: int, w: int,
             hint = (f" If it returns {other} blocks, pass jacobian_structure={other!r}."
                     if other else "")
             raise StepFunctionError(
-                f"`jacobian` must return shape (..., {shown}) ({structure} blocks, batch dims "
+                f"`{name}` must return shape (..., {shown}) ({structure} blocks, batch dims "
                 f"broadcasting to {batch}); got {tuple(J.shape)}.{hint}"
             )
     if J.dtype != dtype:
-        raise StepFunctionError(f"`jacobian` must return dtype {dtype}; got {J.dtype}")
+        raise StepFunctionError(f"`{name}` must return dtype {dtype}; got {J.dtype}")
 
 
 def all_finite_blocks(J: Any, xp: Any) -> Any:

@@ -21,10 +21,11 @@ from typing import Any
 from .backends import get_backend
 from .direction import check_blocks as _check_blocks
 from .direction import jacobian_blocks as _jacobian_blocks
+from .direction import value_and_blocks
 from .errors import InputError
 from .factored import solve_direction
 from .namespace import infer_namespace, working_dtype
-from .newton import _Problem, _validate
+from .newton import _JacobianOf, _Problem, _validate, jacobian_label
 
 __all__ = ["iterate", "residual"]
 
@@ -38,6 +39,7 @@ def iterate(
     jacobian: Callable[[Any, Any], Any] | None = None,
     jacobian_structure: str = "dense",
     jvp: Callable[[Any, Any, Any], Any] | None = None,
+    value_and_jacobian: Callable[[Any, Any], tuple[Any, Any]] | None = None,
     mode: str = "newton",
     init: Any | None = None,
     linear_method: str = "auto",
@@ -48,6 +50,10 @@ def iterate(
     ----------
     step, x0, length, jacobian, jacobian_structure, jvp, init, linear_method
         As in :func:`pcrsolve.solve`.
+    value_and_jacobian : callable, optional
+        As in :func:`pcrsolve.solve`: ``(f, J)`` in one call. With it, ``"newton"`` and
+        ``"quasi"`` make one call per iteration (the value and the blocks at the same
+        states) instead of a ``step`` call and a ``jacobian`` call.
     iterations : int
         Iterations to run (``>= 0``); ``length`` iterations are exact in exact arithmetic.
     mode : {"newton", "quasi", "picard", "jacobi"}, default "newton"
@@ -74,14 +80,17 @@ def iterate(
     """
     xp = infer_namespace({"x0": x0, "init": init})
     _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, None, None, None,
-              init, linear_method, xp)
+              init, linear_method, xp, value_and_jacobian)
     if mode == "sequential":
         raise InputError("`mode` must be an iterative mode for iterate(); got 'sequential'")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise InputError(f"`iterations` must be an int >= 0; got {iterations!r}")
     work, out_dtype = working_dtype({"x0": x0, "init": init}, xp)
     x0w = xp.astype(x0, work, copy=False)
-    prob = _Problem(step, x0w, length, xp, work)
+    if value_and_jacobian is not None and jacobian is None:
+        jacobian = _JacobianOf(value_and_jacobian)
+    pair = value_and_blocks(mode, value_and_jacobian, jacobian_structure, xp)
+    prob = _Problem(step, x0w, length, xp, work, pair)
     jac, structure = _jacobian_blocks(mode, step, jacobian, jacobian_structure, jvp,
                                       get_backend(xp), xp)
     if init is None:
@@ -91,13 +100,15 @@ def iterate(
     method = linear_method
     for k in range(iterations):
         Xprev = prob.prev(X)
-        F = prob.step(Xprev)
+        F, J = prob.value(Xprev, jacobian=True)  # one call with value_and_jacobian
         if jac is None:  # Jacobi: X' = f(X_prev), exactly
             X = F
             continue
-        J = jac(Xprev, prob.idx)
+        source = "value_and_jacobian" if J is not None else jacobian_label(jacobian, jvp)
+        J = J if J is not None else jac(Xprev, prob.idx)
         if k == 0:
-            _check_blocks(J, structure, prob.batch, length, prob.w, work)
+            _check_blocks(J, structure, prob.batch, length, prob.w, work,
+                          source or "jacobian")
         D, method = solve_direction(J, F - X, structure, method, xp)
         X = X + D
     return xp.astype(X, out_dtype, copy=False)

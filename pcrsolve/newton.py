@@ -32,14 +32,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .backends import get_backend
+from .blocks import STRUCTURES
 from .direction import (
     all_finite_blocks,
     check_blocks,
     jacobian_blocks,
     newton_step,
     pinned_prefix,
+    value_and_blocks,
 )
 from .errors import ConvergenceError, InputError, StepFunctionError
+from .factored import Factored
 from .globalisation import GLOBALISATIONS, NoGlobalisation, make_globalisation, merit
 from .linear import METHODS
 from .lyapunov import horizon, lyapunov_exponent
@@ -52,7 +55,7 @@ from .namespace import (
     working_dtype,
 )
 from .result import Solution, Status
-from .steps import call_step, checked
+from .steps import call_step, checked, checked_pair
 from .stopping import StoppingRule, default_tolerance
 
 __all__ = ["GLOBALISATIONS", "MODES", "default_tolerance", "solve"]
@@ -84,6 +87,9 @@ class Iterate(NamedTuple):
         ``max_i |R_{l,i}|`` per state.
     rnorm : array, shape (...)
         ``max |R|`` per batch element.
+    J : array or Factored or None
+        The Jacobian blocks at ``Xprev`` when the evaluation returned them
+        (``value_and_jacobian``); ``None`` when they are still to be computed.
     """
 
     X: Any
@@ -92,18 +98,49 @@ class Iterate(NamedTuple):
     R: Any
     state_res: Any
     rnorm: Any
+    J: Any = None
+
+
+class _JacobianOf:
+    """``jacobian(x_prev, l)``: the blocks of ``value_and_jacobian`` (its value unused).
+
+    What the loop calls when it needs blocks at a trajectory whose value it has already
+    (after a Levenberg–Marquardt step), and what the adjoint solve uses.
+    """
+
+    def __init__(self, value_and_jacobian: Callable) -> None:
+        self.value_and_jacobian = value_and_jacobian
+
+    def __call__(self, x_prev: Any, l: Any) -> Any:
+        out = self.value_and_jacobian(x_prev, l)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise StepFunctionError(
+                "`value_and_jacobian` must return a pair (value, jacobian): the step's "
+                f"value f(x_prev, l) and its Jacobian blocks; got {type(out).__name__}"
+            )
+        return out[1]
+
+
+def jacobian_label(jacobian: Callable | None, jvp: Callable | None) -> str | None:
+    """The argument that supplies the Jacobian, for messages (``None``: pcrsolve's own)."""
+    if isinstance(jacobian, _JacobianOf):
+        return "value_and_jacobian"
+    return "jacobian" if jacobian is not None else ("jvp" if jvp is not None else None)
 
 
 class _Problem:
     """The recurrence being solved: step evaluation with shape/dtype checks."""
 
-    def __init__(self, step: Callable, x0: Any, L: int, xp: Any, dtype: Any) -> None:
+    def __init__(self, step: Callable, x0: Any, L: int, xp: Any, dtype: Any,
+                 value_and_jacobian: Callable | None = None) -> None:
         self.xp, self.L, self.dtype = xp, L, dtype
         self.x0 = x0
         self.batch = tuple(x0.shape[:-1])
         self.w = int(x0.shape[-1])
         self.idx = xp.arange(L, dtype=xp.int64, device=device_of(x0))
         self._step = checked(step, "step", xp)
+        self._pair = (None if value_and_jacobian is None
+                      else checked_pair(value_and_jacobian, "value_and_jacobian", xp))
 
     def prev(self, X: Any) -> Any:
         """``(x0, X_1, .., X_{L-1})``: the input of every step."""
@@ -114,24 +151,52 @@ class _Problem:
         return self._step(Xprev, self.idx, expect=(*self.batch, self.L, self.w),
                           dtype=self.dtype)
 
-    def evaluate(self, X: Any) -> Iterate:
-        """The step function at trajectory ``X``: its outputs and residuals."""
+    def value(self, Xprev: Any, jacobian: bool = False) -> tuple[Any, Any]:
+        """``(f(X_prev), J)``: ``J`` the blocks at ``X_prev`` when ``jacobian`` is asked for
+        and ``value_and_jacobian`` gives them in the same call, else ``None``."""
+        if jacobian and self._pair is not None:
+            return self._pair(Xprev, self.idx, expect=(*self.batch, self.L, self.w),
+                              dtype=self.dtype)
+        return self.step(Xprev), None
+
+    def evaluate(self, X: Any, jacobian: bool = False) -> Iterate:
+        """The step function at trajectory ``X``: its outputs and residuals.
+
+        With ``jacobian`` (and a ``value_and_jacobian``), one call of it gives the outputs
+        and the Jacobian blocks at ``X_prev`` together.
+        """
         xp = self.xp
         Xprev = self.prev(X)
-        F = self.step(Xprev)
+        F, J = self.value(Xprev, jacobian)
         R = F - X
         state_res = xp.max(xp.abs(R), axis=-1)
-        return Iterate(X, Xprev, F, R, state_res, xp.max(state_res, axis=-1))
+        return Iterate(X, Xprev, F, R, state_res, xp.max(state_res, axis=-1), J)
 
 
-def _select(mask: Any, new: Iterate, old: Iterate, xp: Any) -> Iterate:
-    """Per batch element, ``new`` where ``mask`` else ``old``."""
+def _select(mask: Any, new: Iterate, old: Iterate, xp: Any, structure: str = "dense"
+            ) -> Iterate:
+    """Per batch element, ``new`` where ``mask`` else ``old`` (Jacobian blocks included)."""
     shapes = (2, 2, 2, 2, 1, 0)
     out = []
-    for n, o, k in zip(new, old, shapes, strict=True):
+    for n, o, k in zip(new[:6], old[:6], shapes, strict=True):
         m = mask[(..., *(None,) * k)]
         out.append(xp.where(m, n, o))
-    return Iterate(*out)
+    return Iterate(*out, _select_blocks(mask, new.J, old.J, structure, xp))
+
+
+def _select_blocks(mask: Any, new: Any, old: Any, structure: str, xp: Any) -> Any:
+    """Per batch element, the blocks ``new`` where ``mask`` else ``old``; ``None`` (to be
+    recomputed) where either is missing or they cannot be mixed."""
+    if new is None or old is None:
+        return None
+    if isinstance(new, Factored) or isinstance(old, Factored):
+        if not (isinstance(new, Factored) and isinstance(old, Factored)
+                and new.weight is old.weight and new.identity == old.identity):
+            return None
+        scale = xp.where(mask[..., None, None], new.scale, old.scale)
+        return Factored(scale, new.weight, new.identity)
+    k = 1 + STRUCTURES[structure].block_ndim
+    return xp.where(mask[(..., *(None,) * k)], new, old)
 
 
 def solve(
@@ -142,6 +207,7 @@ def solve(
     jacobian: Callable[[Any, Any], Any] | None = None,
     jacobian_structure: str = "dense",
     jvp: Callable[[Any, Any, Any], Any] | None = None,
+    value_and_jacobian: Callable[[Any, Any], tuple[Any, Any]] | None = None,
     mode: str = "newton",
     tol: float | None = None,
     atol: float | None = None,
@@ -181,6 +247,17 @@ def solve(
         ``jacobian`` is given; the dense blocks come from ``w`` JVPs in one call.
         With neither, torch uses ``torch.func.jvp``; NumPy/CuPy use central finite
         differences.
+    value_and_jacobian : callable, optional
+        ``value_and_jacobian(x_prev, l) -> (f, J)``: the step's value ``step(x_prev, l)``
+        (the same numbers) and its Jacobian blocks (as ``jacobian`` returns them, of
+        ``jacobian_structure``) in one call, for steps whose Jacobian reuses the work of
+        the value (``tanh(W x + b)``: ``J = diag(1 - f^2) W``). ``"newton"`` and
+        ``"quasi"`` then evaluate each trial trajectory with it, so that an iteration
+        makes one call instead of a ``step`` call plus a ``jacobian`` call that
+        recomputes the step; a trial that cannot need its blocks (the one that may end
+        the iteration, Levenberg–Marquardt trials) takes ``step`` alone. Without
+        ``jacobian``, blocks needed at a trajectory whose value is known come from it too
+        (its value unused). Results and iteration counts are those of ``jacobian``.
     mode : {"newton", "quasi", "picard", "jacobi", "sequential"}, default "newton"
         Which Jacobian the iteration uses (see the module docstring).
     tol : float, optional
@@ -255,13 +332,16 @@ def solve(
     """
     xp = infer_namespace({"x0": x0, "init": init})
     length = _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol,
-                       max_iter, init, linear_method, xp)
+                       max_iter, init, linear_method, xp, value_and_jacobian)
+    if value_and_jacobian is not None and jacobian is None:
+        jacobian = _JacobianOf(value_and_jacobian)
     globalisation = _resolve_globalisation(globalisation, damping)
     backend = get_backend(xp)
     if backend.has_autodiff:  # its probe may be the step's first call: explain failures
         backend.check_no_hidden_grad(lambda x, l: call_step(step, x, l), x0, params)
     options = dict(jacobian=jacobian, jacobian_structure=jacobian_structure, jvp=jvp,
-                   mode=mode, tol=tol, atol=atol, max_iter=max_iter, init=init,
+                   value_and_jacobian=value_and_jacobian, mode=mode, tol=tol, atol=atol,
+                   max_iter=max_iter, init=init,
                    globalisation=globalisation, linear_method=linear_method,
                    fallback=fallback, throw=throw, check_inputs=check_inputs)
     if params is not None or backend.requires_grad(x0):
@@ -307,7 +387,7 @@ def _as_length(length: Any) -> int:
 
 
 def _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol, max_iter,
-              init, linear_method, xp) -> int:
+              init, linear_method, xp, value_and_jacobian=None) -> int:
     """Check the arguments of :func:`solve`; returns ``length`` as an int."""
     if not callable(step):
         raise InputError(f"`step` must be callable as step(x_prev, l); got {type(step).__name__}")
@@ -318,7 +398,8 @@ def _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, at
         raise InputError(
             f"`jacobian_structure` must be 'dense' or 'diagonal'; got {jacobian_structure!r}"
         )
-    for name, fn in (("jacobian", jacobian), ("jvp", jvp)):
+    for name, fn in (("jacobian", jacobian), ("jvp", jvp),
+                     ("value_and_jacobian", value_and_jacobian)):
         if fn is not None and not callable(fn):
             raise InputError(f"`{name}` must be callable; got {type(fn).__name__}")
     if x0.ndim < 1 or x0.shape[-1] < 1:
@@ -346,8 +427,10 @@ def _validate(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, at
     batch = math.prod(int(d) for d in x0.shape[:-1])
     itemsize = 8 if x0.dtype == xp.float64 else 4
     # the iteration holds a handful of (..., L, w) arrays and, for newton, (..., L, w, w)
-    # Jacobian blocks; the loop itself at least the states
-    per_state = {"newton": 8 * w + w * w * 2, "sequential": 1}.get(mode, 12 * w)
+    # Jacobian blocks (a third set with value_and_jacobian: the trial's, while the current
+    # ones are in use); the loop itself at least the states
+    blocks = 3 if value_and_jacobian is not None else 2
+    per_state = {"newton": 8 * w + w * w * blocks, "sequential": 1}.get(mode, 12 * w)
     check_memory("length", batch * length * per_state * itemsize, device_of(x0),
                  f"L={length} steps of width w={w}, batch {batch}, mode={mode!r}")
     return length
@@ -372,6 +455,7 @@ def _iterate(
     jacobian: Callable | None,
     jacobian_structure: str,
     jvp: Callable | None,
+    value_and_jacobian: Callable | None = None,
     mode: str,
     tol: float | None,
     atol: float | None,
@@ -389,7 +473,10 @@ def _iterate(
     if check_inputs:
         check_finite({"x0": x0, "init": init}, xp)
     x0w = xp.astype(x0, work, copy=False)
-    prob = _Problem(step, x0w, length, xp, work)
+    if value_and_jacobian is not None and jacobian is None:
+        jacobian = _JacobianOf(value_and_jacobian)
+    pair = value_and_blocks(mode, value_and_jacobian, jacobian_structure, xp)
+    prob = _Problem(step, x0w, length, xp, work, pair)
     L = length
     rtol = default_tolerance(work, xp) if tol is None else float(tol)
     max_iter = L if max_iter is None else max_iter
@@ -403,14 +490,13 @@ def _iterate(
     backend = get_backend(xp)
     jac, structure = jacobian_blocks(mode, step, jacobian, jacobian_structure, jvp,
                                      backend, xp)
-    user_jacobian = "jacobian" if jacobian is not None else ("jvp" if jvp is not None
-                                                              else None)
+    user_jacobian = jacobian_label(jacobian, jvp)
     rule = StoppingRule(rtol, atol, L, work, xp)
     glob = make_globalisation(globalisation, jac is not None, prob.batch, work, x0w, xp)
 
     X0 = (xp.broadcast_to(x0w[..., None, :], (*prob.batch, L, prob.w)) if init is None
           else xp.astype(init, work, copy=False))
-    it = prob.evaluate(X0)
+    it = prob.evaluate(X0, jacobian=max_iter > 0)
     residuals = [float(xp.max(it.rnorm))]
     updates: list[float] = []
     rule.start(it.rnorm)
@@ -425,6 +511,19 @@ def _iterate(
     iterations = 0
     J = None
     all_active = True
+    checked_from: set[str | None] = set()  # the Jacobian sources whose blocks were checked
+    source: str | None = None  # the argument that supplied this iteration's blocks
+
+    def select(m: Any, a: Iterate, b: Iterate) -> Iterate:
+        return _select(m, a, b, xp, structure)
+
+    def may_need_blocks(Xn: Any) -> bool:
+        """Whether the trial ``Xn`` can need Jacobian blocks: whether it may fail to end
+        the iteration (one host read; see :func:`_cannot_converge`)."""
+        if pair is None or iterations >= min(L, max_iter):
+            return False  # no protocol, or the last iteration
+        far = active & _cannot_converge(Xn, it.X, rule, xp)
+        return backend.host_floats(xp.reshape(xp.astype(xp.any(far), work), (1,)))[0] > 0.0
 
     def advance(trial: Iterate, extra: list[Any]) -> tuple[tuple[Iterate, Any, Any, Any],
                                                            list[float]]:
@@ -433,7 +532,7 @@ def _iterate(
         kept = trial
         if not all_active:
             upd = xp.where(active, upd, xp.zeros_like(upd))
-            kept = _select(active, trial, it, xp)
+            kept = select(active, trial, it)
         scale = rule.scale(kept.X, kept.F)
         active_n = active & ~rule.converged(upd, kept.rnorm, scale, iterations)
         stats = xp.stack([xp.max(upd), xp.max(kept.rnorm),
@@ -448,14 +547,19 @@ def _iterate(
         if jac is None:  # Jacobi: X' = f(X_prev), exactly
             trial = prob.evaluate(it.F)
         else:
-            J = jac(it.Xprev, prob.idx)
-            if iterations == 1:
-                check_blocks(J, structure, prob.batch, L, prob.w, work)
+            # the blocks at X_prev: from the call that evaluated it (value_and_jacobian),
+            # or computed now
+            source = "value_and_jacobian" if it.J is not None else user_jacobian
+            J = it.J if it.J is not None else jac(it.Xprev, prob.idx)
+            if source not in checked_from:
+                check_blocks(J, structure, prob.batch, L, prob.w, work, source or "jacobian")
+                checked_from.add(source)
             # the exact prefix (residual 0) and the state after it take f(X_prev): one more
             # exact state per iteration, bit for bit, whatever D is
             D, method_used = newton_step(J, it.R, None, structure, method_used, xp)
             exact = pinned_prefix(it.state_res, xp.zeros_like(it.rnorm), xp)[1]
-            trial = prob.evaluate(xp.where(exact[..., None], it.F, it.X + D))
+            Xn = xp.where(exact[..., None], it.F, it.X + D)
+            trial = prob.evaluate(Xn, jacobian=may_need_blocks(Xn))
             phi = merit(it.R, xp)
             within = trial.rnorm <= rule.tolerance(trial.X, trial.F)
             rejected = glob.rejected(phi, merit(trial.R, xp), within, active)
@@ -463,18 +567,17 @@ def _iterate(
             if rejected is not None:
                 extra.append(xp.any(rejected))
         new, stats = advance(trial, extra)
-        if J is not None and stats[4] > 0.0 and user_jacobian is not None:
+        if J is not None and stats[4] > 0.0 and source is not None:
             raise StepFunctionError(
-                f"`{user_jacobian}` returned NaN or Inf at finite states (iteration "
+                f"`{source}` returned NaN or Inf at finite states (iteration "
                 f"{iterations}); check it where the step function is finite (the step's "
                 "own values are finite there)")
         if rejected is not None and stats[5] > 0.0:  # some Newton steps failed: LM steps
             # LM steps solve for the states after the prefix that is converged to the
             # tolerance; that prefix and the next state take f(X_prev)
             pinned = pinned_prefix(it.state_res, rule.tolerance(it.X, it.F), xp)[1]
-            trial = glob.search(J, structure, it, pinned, rejected, prob.evaluate,
-                                lambda m, a, b: _select(m, a, b, xp), trial,
-                                lambda m: bool(xp.any(m)), rule.tolerance)
+            trial = glob.search(J, structure, it, pinned, rejected, prob.evaluate, select,
+                                trial, lambda m: bool(xp.any(m)), rule.tolerance)
             new, stats = advance(trial, [])
         it, next_active, upd, rn = new
         rule.record(upd, rn)
@@ -497,6 +600,24 @@ def _iterate(
         Jlast, st = J, structure
         sol.set_lyapunov(lambda: float(xp.max(lyapunov_exponent(Jlast, st, xp))))
     return _finish(sol, prob, out_dtype, fallback, throw, work, xp)
+
+
+def _cannot_converge(Xn: Any, X: Any, rule: StoppingRule, xp: Any) -> Any:
+    """Per batch element, whether the trial ``Xn`` (after ``X``) surely fails the stopping
+    rule, so that the next iteration needs the Jacobian blocks at it.
+
+    Convergence needs ``max|Xn - X| <= τ`` and ``max|R| <= τ``, with
+    ``τ = atol + rtol max(|Xn|, |f|)``; the residual bound gives ``|f| <= |Xn| + τ``, so
+    ``τ <= (atol + rtol max|Xn|) / (1 - rtol)``: an update above that bound (with 1% to
+    spare for rounding) cannot converge, whatever ``f(Xn)`` turns out to be. Decided
+    before ``f(Xn)`` is evaluated, it tells whether to evaluate ``f`` and the blocks
+    together; a wrong guess costs time, never a different result.
+    """
+    upd = xp.max(xp.abs(Xn - X), axis=(-2, -1))
+    if rule.rtol >= 1.0:
+        return xp.zeros_like(upd, dtype=xp.bool)
+    bound = (rule.atol + rule.rtol * xp.max(xp.abs(Xn), axis=(-2, -1))) / (1.0 - rule.rtol)
+    return ~(upd <= 1.01 * bound)
 
 
 def _finish(sol: Solution, prob: _Problem, out_dtype: Any, fallback: bool, throw: bool,

@@ -10,7 +10,7 @@ import array_api_compat
 
 from .errors import PCRSolveError, StepFunctionError
 
-__all__ = ["CONVENTION", "StepFunction", "call_step", "checked", "vectorize_step"]
+__all__ = ["CONVENTION", "StepFunction", "call_step", "checked", "checked_pair", "vectorize_step"]
 
 #: ``step(x_prev, l) -> x``: states ``(..., n, w)``, 0-based indices ``(n,)`` -> ``(..., n, w)``.
 StepFunction = Callable[[Any, Any], Any]
@@ -131,6 +131,36 @@ def call_step(fn: Callable[..., Any], x_prev: Any, l: Any, name: str = "step") -
         raise
 
 
+def _check_result(out: Any, fn: Callable[..., Any], args: tuple[Any, ...], name: str, xp: Any,
+                  expect: tuple[int, ...], dtype: Any) -> None:
+    """Raise :class:`StepFunctionError` unless ``out`` is an ``xp`` array, ``expect``, ``dtype``."""
+    try:
+        ns = array_api_compat.array_namespace(out)
+    except TypeError:
+        raise StepFunctionError(
+            f"`{name}` must return an array; got {type(out).__name__}"
+        ) from None
+    if ns.__name__ != xp.__name__:
+        raise StepFunctionError(
+            f"`{name}` must return an array of the same library as the states "
+            f"({xp.__name__}); got {ns.__name__}"
+        )
+    if tuple(out.shape) != tuple(expect):
+        hint = ""
+        if _works_one_step_at_a_time(fn, *args):
+            hint = (" It works on one state at a time: it looks like a one-step-at-a-time "
+                    "function. ")
+        raise StepFunctionError(
+            f"`{name}` must return shape {tuple(expect)} for these inputs; got "
+            f"{tuple(out.shape)} from {_describe(*args)}.{hint or ' '}{CONVENTION}"
+        )
+    if out.dtype != dtype:
+        raise StepFunctionError(
+            f"`{name}` must return dtype {dtype} (the dtype of the states it is "
+            f"given); got {out.dtype}. Cast its parameters to {dtype}."
+        )
+
+
 def checked(fn: Callable[..., Any], name: str, xp: Any) -> Callable[..., Any]:
     """Wrap a user function so that its first result is checked for type, shape, dtype.
 
@@ -145,31 +175,33 @@ def checked(fn: Callable[..., Any], name: str, xp: Any) -> Callable[..., Any]:
         if state["checked"]:
             return fn(*args)
         out = call_step(fn, *args, name=name)
-        try:
-            ns = array_api_compat.array_namespace(out)
-        except TypeError:
+        _check_result(out, fn, args, name, xp, expect, dtype)
+        state["checked"] = True
+        return out
+
+    return call
+
+
+def checked_pair(fn: Callable[..., Any], name: str, xp: Any) -> Callable[..., Any]:
+    """:func:`checked` for a function returning ``(value, jacobian)``: checks the value.
+
+    The first call verifies that ``fn`` returned a pair whose first element is what the
+    step function would return (array of ``xp``, shape ``expect``, ``dtype``); the
+    Jacobian is checked by the Newton loop like any other. Later calls pass through.
+    """
+    state = {"checked": False}
+
+    def call(*args: Any, expect: tuple[int, ...], dtype: Any) -> tuple[Any, Any]:
+        if state["checked"]:
+            return fn(*args)
+        out = call_step(fn, *args, name=name)
+        if not (isinstance(out, tuple) and len(out) == 2):
             raise StepFunctionError(
-                f"`{name}` must return an array; got {type(out).__name__}"
-            ) from None
-        if ns.__name__ != xp.__name__:
-            raise StepFunctionError(
-                f"`{name}` must return an array of the same library as the states "
-                f"({xp.__name__}); got {ns.__name__}"
+                f"`{name}` must return a pair (value, jacobian): the step's value "
+                f"f(x_prev, l) and its Jacobian blocks; got {type(out).__name__}"
+                + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
             )
-        if tuple(out.shape) != tuple(expect):
-            hint = ""
-            if _works_one_step_at_a_time(fn, *args):
-                hint = (" It works on one state at a time: it looks like a one-step-at-a-time "
-                        "function. ")
-            raise StepFunctionError(
-                f"`{name}` must return shape {tuple(expect)} for these inputs; got "
-                f"{tuple(out.shape)} from {_describe(*args)}.{hint or ' '}{CONVENTION}"
-            )
-        if out.dtype != dtype:
-            raise StepFunctionError(
-                f"`{name}` must return dtype {dtype} (the dtype of the states it is "
-                f"given); got {out.dtype}. Cast its parameters to {dtype}."
-            )
+        _check_result(out[0], fn, args, name, xp, expect, dtype)
         state["checked"] = True
         return out
 
