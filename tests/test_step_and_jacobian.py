@@ -241,3 +241,73 @@ def test_errors_name_the_argument():
         pcrsolve.solve(p.step, x0, p.L, value_and_jacobian=nan_blocks)
     with pytest.raises(pcrsolve.InputError, match="value_and_jacobian"):
         pcrsolve.solve(p.step, x0, p.L, value_and_jacobian=3)
+
+
+@pytest.mark.parametrize("jacobian", ["analytic", "autodiff"])
+def test_torch_layer_stack_one_call_per_iteration(jacobian):
+    """LayerStack's value_and_jacobian: the pre-activation once (analytic), or one vmapped
+    torch.func.jvp whose primal output is the value (autodiff)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from pcrsolve.adapters.torch import LayerStack
+
+    torch.manual_seed(0)
+    L, w = 32, 8
+    layers = [nn.Sequential(nn.Linear(w, w), nn.Tanh()) for _ in range(L)]
+    stack = LayerStack(layers, jacobian=jacobian)
+    x0 = torch.randn(5, w, dtype=torch.float64)
+    with torch.no_grad():
+        fns = stack.functions([p.double() for p in stack.parameters()])
+        calls = {"step": 0, "value_and_jacobian": 0}
+
+        def step(x, l):
+            calls["step"] += 1
+            return fns["step"](x, l)
+
+        def vj(x, l):
+            calls["value_and_jacobian"] += 1
+            return fns["value_and_jacobian"](x, l)
+
+        kw = {} if fns["jacobian"] is None else {"jacobian": fns["jacobian"]}
+        before = pcrsolve.solve(step, x0, L, **kw)
+        n = before.iterations
+        # the analytic jacobian recomputes the pre-activation (one more evaluation per
+        # iteration); torch.func.jvp calls the step (counted) for each Jacobian
+        assert calls["step"] == (n + 1 if jacobian == "analytic" else 2 * n + 1)
+        calls.update(step=0, value_and_jacobian=0)
+        after = pcrsolve.solve(step, x0, L, value_and_jacobian=vj, **kw)
+        assert calls == {"step": 1, "value_and_jacobian": n}
+        assert after.iterations == n and torch.equal(before.states, after.states)
+        X = torch.randn(5, L, w, dtype=torch.float64)
+        idx = torch.arange(L)
+        y, _ = fns["value_and_jacobian"](X, idx)
+        assert torch.equal(y, fns["step"](X, idx))
+        seq = x0
+        for layer in layers:
+            seq = layer.double()(seq)
+        torch.testing.assert_close(after.states[..., -1, :], seq, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("jacobian", ["analytic", "autodiff"])
+def test_parallel_sequential_uses_it_and_gradients_hold(jacobian):
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from pcrsolve.adapters.torch import ParallelSequential
+
+    torch.manual_seed(1)
+    layers = [nn.Sequential(nn.Linear(6, 6), nn.Tanh()).double() for _ in range(24)]
+    par, seq = ParallelSequential(layers, jacobian=jacobian), nn.Sequential(*layers)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    out = par(x)
+    ref = seq(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.autograd.grad(out.sum(), [x, layers[3][0].weight])
+    gr = torch.autograd.grad(ref.sum(), [x, layers[3][0].weight])
+    for a, b in zip(g, gr, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    fns = par.stack.functions(par.stack.parameters())
+    with torch.no_grad():
+        plain = pcrsolve.solve(fns["step"], x.detach(), 24, jacobian=fns["jacobian"])
+    assert par.last_solution.iterations == plain.iterations

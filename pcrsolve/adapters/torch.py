@@ -285,7 +285,11 @@ class LayerStack:
         Returns
         -------
         dict
-            ``{"step": step, "jacobian": jacobian or None}`` for :func:`pcrsolve.solve`.
+            ``{"step": step, "jacobian": jacobian or None, "value_and_jacobian": vj}`` for
+            :func:`pcrsolve.solve`: ``vj(x, l) -> (step(x, l), blocks)`` in one call (the
+            pre-activation computed once on the fast path; on the general path one
+            :func:`torch.func.vmap` of :func:`torch.func.jvp` over the basis vectors,
+            whose primal output is the value).
         """
         self.check_deterministic()
         if self.analytic:
@@ -306,7 +310,26 @@ class LayerStack:
                 p = pre(x, l)
                 return Factored(dact(p, act(p), act), W[l], 1.0 if residual else 0.0)
 
-            return {"step": step, "jacobian": jacobian}
+            gathered: dict[str, torch.Tensor] = {}
+
+            def weights(l: torch.Tensor) -> torch.Tensor:
+                # W[l] once per index tensor (the solver passes the same one every call):
+                # one weight object, so blocks of different iterates mix per batch element
+                if gathered.get("l") is not l:
+                    gathered["l"], gathered["W"] = l, W[l]
+                return gathered["W"]
+
+            def value_and_jacobian(x: torch.Tensor, l: torch.Tensor
+                                   ) -> tuple[torch.Tensor, Factored]:
+                Wl = weights(l)
+                z = (Wl @ x.unsqueeze(-1)).squeeze(-1)
+                p = z if b is None else z + b[l]
+                y = act(p)
+                return (x + y if residual else y,
+                        Factored(dact(p, y, act), Wl, 1.0 if residual else 0.0))
+
+            return {"step": step, "jacobian": jacobian,
+                    "value_and_jacobian": value_and_jacobian}
 
         names = [n for n, _ in self.layers[0].named_parameters()]
         base = self._base
@@ -330,7 +353,18 @@ class LayerStack:
                     f"operation: {_STOCHASTIC_ADVICE}"
                 ) from exc
 
-        return {"step": step, "jacobian": None}
+        def value_and_jacobian(x: torch.Tensor, l: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+            eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+
+            def column(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return torch.func.jvp(lambda z: step(z, l), (x,), (e.expand_as(x),))
+
+            # the primal output does not depend on the mapped basis vector: one value
+            y, cols = torch.func.vmap(column, out_dims=(None, 0))(eye)
+            return y, cols.movedim(0, -1)  # cols[i] = J e_i: (..., n, w, w)
+
+        return {"step": step, "jacobian": None, "value_and_jacobian": value_and_jacobian}
 
     def check_deterministic(self) -> None:
         """Raise :class:`~pcrsolve.InputError` naming a layer that is stochastic now.
@@ -443,8 +477,11 @@ class ParallelSequential(nn.Module):
                 and self._init.dtype == x.dtype and self._init.device == x.device):
             init = self._init
         kwargs = {"mode": self.mode, "init": init, **self.solve_kwargs}
-        if fns["jacobian"] is not None and self.mode in ("newton", "quasi"):
-            kwargs["jacobian"] = fns["jacobian"]  # quasi takes the diagonals itself
+        if self.mode in ("newton", "quasi"):
+            if fns["jacobian"] is not None:
+                kwargs["jacobian"] = fns["jacobian"]  # quasi takes the diagonals itself
+            # the value and the blocks of a trial in one call (see pcrsolve.solve)
+            kwargs["value_and_jacobian"] = fns["value_and_jacobian"]
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in stacked))
         sol = solve(fns["step"], x, L, params=stacked if needs_grad else None, **kwargs)
