@@ -29,7 +29,9 @@ rank). The adjoint (gradients) is the same linear solve, reversed.
 Communication sits behind :class:`Communicator` (all-gather, all-reduce, neighbour
 shift, broadcast, object all-gather); ``pcrsolve.backends.torch_distributed`` implements
 it on ``torch.distributed`` (gloo, NCCL), :class:`ThreadedGroup` runs ``P`` ranks as
-threads of one process (for fast tests of the algorithm). Failures are never left to
+threads of one process (for fast tests of the algorithm). ``DistributedParallelSequential``
+(torch; imported on first access, so that this module does not import torch) splits a
+stack of ``nn.Module`` blocks over the ranks. Failures are never left to
 hang: every collective that follows local work carries an error flag per rank, so every
 rank learns of a failure at the same collective and raises :class:`DistributedError`
 naming the failing rank(s).
@@ -69,6 +71,21 @@ __all__ = [
     "solve",
     "solve_linear",
 ]
+
+#: Names this module provides from an array library's module on first access (torch is not
+#: imported by ``import pcrsolve.distributed``).
+_LAZY = {"DistributedParallelSequential":
+         "pcrsolve.backends.torch_distributed:DistributedParallelSequential"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, _, attr = _LAZY[name].partition(":")
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _DIVERGENCE_LIMIT = 1e12  # as pcrsolve.newton: residual growth called divergence
 #: Modes of the distributed Newton loop (``"sequential"`` is single-process only).
