@@ -35,3 +35,36 @@ def test_divergence_limit_is_relative_to_a_large_initial_residual():
     assert r[0] == 1e3
     assert sol.status is Status.DIVERGED and sol.iterations == 20
     assert r[20] > 1e15 >= r[19]
+
+
+def test_memory_estimate_grows_with_batch_length_and_width(monkeypatch):
+    # solve refuses a problem too large for memory from an estimate taken before any
+    # allocation: a handful of (..., L, w) arrays and, for newton, (..., L, w, w) Jacobian
+    # blocks. Its inputs: the batch, L and w of x0 (w is the last axis, the batch the rest)
+    import pcrsolve.newton as newton_module
+
+    seen: list[int] = []
+    real = newton_module.check_memory
+
+    def spy(name, nbytes, device, what):
+        seen.append(nbytes)
+        return real(name, nbytes, device, what)
+
+    monkeypatch.setattr(newton_module, "check_memory", spy)
+
+    def estimate(batch, L, w, mode="newton"):
+        seen.clear()
+        pcrsolve.solve(lambda x, l: 0.5 * x, np.ones((*batch, w)), L, mode=mode,
+                       throw=False)
+        assert len(seen) == 1
+        return seen[0]
+
+    base = estimate((2,), 8, 3)
+    assert estimate((4,), 8, 3) == 2 * base  # linear in the batch
+    assert estimate((2, 2), 8, 3) == 2 * base
+    assert estimate((2,), 16, 3) == 2 * base  # linear in L
+    # newton holds w x w blocks: more than linear in w; quasi only (..., L, w) arrays
+    assert estimate((2,), 8, 6) > 2.5 * base
+    q = estimate((2,), 8, 3, mode="quasi")
+    assert estimate((2,), 8, 6, mode="quasi") == 2 * q
+    assert estimate((5,), 8, 3, mode="quasi") == 5 * q // 2
