@@ -64,6 +64,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -542,18 +543,41 @@ def pytest_cmd(tests: list[str], base: str) -> list[str]:
             "--hypothesis-seed=0", "--no-header", "-o", "addopts=", *_expand(tests, base)]
 
 
+_RUNNING: set[subprocess.Popen] = set()  # pytest runs in flight (killed on SIGTERM/exit)
+
+
+_STOP = threading.Event()  # set on SIGTERM: no further mutant starts
+
+
+def _on_sigterm(*_: object) -> None:
+    _STOP.set()
+    _kill_running()
+    sys.exit(143)
+
+
+def _kill_running() -> None:
+    for proc in list(_RUNNING):
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
 def run_tests(tests: list[str], base: str, timeout: float) -> tuple[str, float, str]:
     """``(outcome, seconds, last lines)`` of one pytest run in the copy."""
     t0 = time.monotonic()
     proc = subprocess.Popen(pytest_cmd(tests, base), cwd=base, env=_env(base),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    _RUNNING.add(proc)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         proc.communicate()
         return "timeout", time.monotonic() - t0, ""
+    finally:
+        _RUNNING.discard(proc)
     tail = out.decode(errors="replace").strip().splitlines()[-3:]
     seconds = time.monotonic() - t0
     # pytest: 0 all passed, 1 a test failed, 2 interrupted (collection error), 5 no tests
@@ -681,10 +705,13 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = _module_files(args.modules)
     jobs = max(1, args.jobs)
+    # SIGTERM: stop the pytest runs and remove the copies (results so far are in --out)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     spaces = [Workspace(args.snapshot, paths) for _ in range(jobs)]
     try:
         return _run(args, paths, spaces)
     finally:
+        _kill_running()
         for ws in spaces:
             ws.close()
 
@@ -778,6 +805,8 @@ def _run(args: argparse.Namespace, paths: list[str], spaces: list[Workspace]) ->
 
     def judge(m: Mutant) -> Mutant:
         nonlocal done
+        if _STOP.is_set():
+            return m
         with lock:
             ws = free.pop()
         try:
