@@ -68,3 +68,31 @@ def test_memory_estimate_grows_with_batch_length_and_width(monkeypatch):
     q = estimate((2,), 8, 3, mode="quasi")
     assert estimate((2,), 8, 6, mode="quasi") == 2 * q
     assert estimate((5,), 8, 3, mode="quasi") == 5 * q // 2
+
+
+def test_first_k_states_are_the_loops_bit_for_bit(rng):
+    # "the exact prefix and the state after it take f(X_prev): one more exact state per
+    # iteration, bit for bit, whatever D is": an elementwise step (its value does not depend
+    # on how many steps are evaluated at once) against the loop, with array_equal
+    L, w = 12, 4
+    a = rng.uniform(0.5, 1.5, (L, w))
+    c = rng.standard_normal((L, w))
+
+    def step(x, l):
+        return np.tanh(a[l] * x + c[l])
+
+    def jac(x, l):
+        return (1.0 - np.tanh(a[l] * x + c[l]) ** 2) * a[l]
+
+    x0 = rng.standard_normal(w)
+    ref, x = [], x0
+    for l in range(L):
+        x = step(x[None, :], np.array([l]))[0]
+        ref.append(x)
+    ref = np.stack(ref)
+    for glob in ("none", "trust-region"):
+        for k in (1, 2, 3, 5):
+            sol = pcrsolve.solve(step, x0, L, jacobian=jac, jacobian_structure="diagonal",
+                                 globalisation=glob, max_iter=k, tol=0.0, atol=0.0,
+                                 throw=False)
+            np.testing.assert_array_equal(sol.states[:k], ref[:k], err_msg=f"{glob} k={k}")
