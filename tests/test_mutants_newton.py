@@ -9,6 +9,7 @@ exactly, so the first one past the limit is ``4^20 = 1.1e12``.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import pcrsolve
 from pcrsolve import Status
@@ -96,3 +97,39 @@ def test_first_k_states_are_the_loops_bit_for_bit(rng):
                                  globalisation=glob, max_iter=k, tol=0.0, atol=0.0,
                                  throw=False)
             np.testing.assert_array_equal(sol.states[:k], ref[:k], err_msg=f"{glob} k={k}")
+
+
+def test_divergence_needs_a_residual_strictly_past_the_limit():
+    # x -> 10 x + 1: residuals 10^k exactly; 1e12 itself is not past the limit
+    sol = pcrsolve.solve(lambda x, l: 10.0 * x + 1.0, np.zeros(2), 40, mode="jacobi",
+                         throw=False)
+    assert sol.residuals[12] == 1e12
+    assert sol.status is Status.DIVERGED and sol.iterations == 13
+
+
+def test_an_overflowing_residual_with_a_finite_update_is_nonfinite():
+    # r0 = 1e190 (limit 1e202); the first iterate is finite (1e190) but f of it overflows
+    sol = pcrsolve.solve(lambda x, l: 1e200 * x + 1e190, np.zeros(2), 10, mode="jacobi",
+                         throw=False)
+    assert np.isfinite(sol.updates[-1]) and not np.isfinite(sol.residuals[-1])
+    assert sol.status is Status.NONFINITE
+
+
+def test_lyapunov_exponent_only_for_jacobian_modes(rng):
+    W = 0.1 * rng.standard_normal((2, 2))
+
+    def step(x, l):
+        return x + 0.1 * np.tanh(x @ W.T)
+
+    for mode in ("picard", "jacobi"):
+        assert pcrsolve.solve(step, np.ones(2), 10, mode=mode).lyapunov_exponent is None
+    for mode in ("newton", "quasi"):
+        assert pcrsolve.solve(step, np.ones(2), 10, mode=mode).lyapunov_exponent is not None
+
+
+def test_failure_message_of_a_non_chaotic_recurrence_has_no_chaos_note():
+    with pytest.raises(pcrsolve.ConvergenceError) as info:
+        pcrsolve.solve(lambda x, l: 0.5 * np.tanh(x) + 1, np.ones(2), 30, mode="jacobi",
+                       max_iter=2)
+    text = str(info.value)
+    assert text.rstrip().endswith(".") and "None" not in text and "chaotic" not in text
