@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .base import Backend, CostModel, MemoryTracker
+from .numpy_backend import numba_available
 from .torch_params import param_list as _param_list
 
 __all__ = ["TorchBackend"]
@@ -43,6 +46,17 @@ def torch_jvp(step: Any) -> Any:
     return jvp
 
 
+def _needs_grad(tensors: tuple[Any, ...]) -> bool:
+    """Whether the autograd tape would record a solve of ``tensors`` (kernels would cut it)."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _interpreting() -> bool:
+    """Whether ``TRITON_INTERPRET=1`` asks for the Triton kernels on the CPU (for testing)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _kernel_applies(tensors: tuple[Any, ...], device: Any, dense_width: int | None) -> bool:
     """Whether a Triton kernel can solve a system of ``tensors`` on ``device``.
 
@@ -52,14 +66,80 @@ def _kernel_applies(tensors: tuple[Any, ...], device: Any, dense_width: int | No
     """
     if dense_width is not None and dense_width > 16:
         return False
-    if torch.is_grad_enabled() and any(
-            isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+    if _needs_grad(tensors):
         return False
     if importlib.util.find_spec("triton") is None:
         return False
     from .triton_scan import available
 
     return available(torch.device(device))
+
+
+def _numba_applies(tensors: tuple[Any, ...], device: Any) -> bool:
+    """Whether the compiled CPU kernels (numba) can solve a system of ``tensors``.
+
+    CPU tensors that the autograd tape would not record, with numba installed and
+    ``PCRSOLVE_NO_NUMBA`` not ``"1"``.
+    """
+    if torch.device(device).type != "cpu" or _needs_grad(tensors):
+        return False
+    return numba_available()
+
+
+#: NumPy dtypes of the working dtypes the compiled kernels run in.
+_NUMPY_WORK = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _numba_solve(system: Any) -> torch.Tensor:
+    """:func:`numba_kernels.solve <pcrsolve.backends.numba_kernels.solve>` on CPU tensors.
+
+    The tensors are handed over as NumPy views (``.numpy()`` shares memory: no copy unless
+    the kernel needs a contiguous or converted operand) and the result is wrapped back with
+    :func:`torch.from_numpy` (no copy). Half-precision inputs are converted to float32
+    first (NumPy has no bfloat16).
+    """
+    import numpy as np
+
+    from . import numba_kernels
+
+    work = system.work_dtype
+
+    def view(t: Any) -> Any:  # (each torch call costs ~1 us: only the ones needed)
+        if t is None:
+            return None
+        if t.dtype != work:
+            t = t.to(work)
+        if t.requires_grad:  # under torch.no_grad()
+            t = t.detach()
+        return t.resolve_neg().numpy() if t.is_neg() else t.numpy()
+
+    x = numba_kernels.solve(view(system.A), view(system.b), view(system.x0),
+                            system.structure.block_ndim, system.reverse,
+                            tuple(system.batch_shape), np.dtype(_NUMPY_WORK[work]))
+    out = torch.from_numpy(x)
+    return out if out.dtype == system.dtype else out.to(system.dtype)
+
+
+@dataclass(frozen=True)
+class TorchCpuCostModel(CostModel):
+    """:class:`CostModel` plus the compiled CPU kernels (the fields of ``NumpyCostModel``).
+
+    Attributes
+    ----------
+    kernel_overhead : float
+        Seconds of fixed cost of one compiled-kernel call, the tensor-to-array views
+        included; ``inf`` when the kernels are not used (no numba, ``PCRSOLVE_NO_NUMBA=1``,
+        or ``TRITON_INTERPRET=1``, which hands ``method="kernel"`` to the Triton
+        interpreter, a test vehicle that ``auto`` must never pick).
+    kernel_flop_time : float
+        Seconds per element update of the compiled elementwise kernels (scalar, diagonal).
+    kernel_dense_flop_time : float
+        Seconds per multiply-add of the compiled dense kernel.
+    """
+
+    kernel_overhead: float = float("inf")
+    kernel_flop_time: float = 2e-9
+    kernel_dense_flop_time: float = 5e-10
 
 
 class TorchBackend(Backend):
@@ -91,18 +171,41 @@ class TorchBackend(Backend):
             # Kernel launches dominate; arithmetic is nearly free until blocks get wide.
             return CostModel(step_overhead=2e-5, level_overhead=3e-5, block_overhead=0.0,
                              seq_flop_time=1e-11, par_flop_time=1e-12, elementwise_time=1e-12)
-        return CostModel(step_overhead=6e-6, level_overhead=2e-5, block_overhead=6e-8,
-                         seq_flop_time=1e-9, par_flop_time=1.5e-10, elementwise_time=2.5e-9)
+        # The kernel fields as NumPy's (the same compiled kernels; see
+        # NumpyBackend.cost_model) with a larger fixed cost for the tensor views and the
+        # checks in fast_linear (measured on the 2-core EPYC under load ~6, L = 8, diagonal
+        # w = 4: the kernel 47 us through torch, 17 us through NumPy; torch's own loop
+        # 190 us, its cyclic reduction 220 us: the kernel wins from L = 3 on either way).
+        kernels = numba_available() and not _interpreting()
+        return TorchCpuCostModel(
+            step_overhead=6e-6, level_overhead=2e-5, block_overhead=6e-8,
+            seq_flop_time=1e-9, par_flop_time=1.5e-10, elementwise_time=2.5e-9,
+            kernel_overhead=2e-5 if kernels else float("inf"),
+            kernel_flop_time=2e-9, kernel_dense_flop_time=5e-10)
 
     def fast_linear(self, system: Any) -> Any:
-        """The Triton chunked-scan kernels (diagonal, scalar, dense with w <= 16), where they run.
+        """A fused kernel: Triton on CUDA, the compiled (numba) kernels on the CPU.
 
-        Needs Triton and a CUDA device (or ``TRITON_INTERPRET=1`` on the CPU, for testing);
-        inputs that require grad keep the generic (differentiable) path.
+        On a CUDA device, the Triton chunked-scan kernels (diagonal, scalar, dense with
+        w <= 16). On the CPU, the numba kernels of the NumPy backend
+        (:mod:`pcrsolve.backends.numba_kernels`: every structure and width, both
+        directions, broadcast batches; the tensors are passed as NumPy views), when numba
+        is installed and ``PCRSOLVE_NO_NUMBA`` is not ``"1"``; with ``TRITON_INTERPRET=1``
+        the Triton kernels run under the interpreter instead where they apply (so that the
+        Triton tests test Triton). Inputs that require grad keep the generic
+        (differentiable) path.
         """
         dense = system.structure.name == "dense"
-        if not _kernel_applies((system.A, system.b, system.x0), system.device,
-                               system.width if dense else None):
+        tensors = (system.A, system.b, system.x0)
+        width = system.width if dense else None
+        if torch.device(system.device).type == "cpu" and not (
+                _interpreting() and _kernel_applies(tensors, system.device, width)):
+            # (Triton is not even imported on the CPU unless interpreting: a slow import
+            # that would also fix its kernels' mode before a test could set the variable)
+            if _numba_applies(tensors, system.device):
+                return lambda: _numba_solve(system)
+            return None
+        if not _kernel_applies(tensors, system.device, width):
             return None
         from .triton_scan import diagonal_scan
 
