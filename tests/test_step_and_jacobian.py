@@ -311,3 +311,38 @@ def test_parallel_sequential_uses_it_and_gradients_hold(jacobian):
     with torch.no_grad():
         plain = pcrsolve.solve(fns["step"], x.detach(), 24, jacobian=fns["jacobian"])
     assert par.last_solution.iterations == plain.iterations
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
+@pytest.mark.parametrize("structure", ["dense", "diagonal"])
+def test_rnn_cells_one_call_per_iteration(kind, structure):
+    """cell_recurrence's value_and_jacobian: the gates once for the value and the blocks."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from pcrsolve.adapters.rnn import cell_recurrence
+
+    torch.manual_seed(0)
+    cell = getattr(nn, kind)(3, 5).double()
+    u = torch.randn(4, 40, 3, dtype=torch.float64)
+    mode = "newton" if structure == "dense" else "quasi"
+    with torch.no_grad():
+        rec = cell_recurrence(cell, u, structure=structure)
+        X = torch.randn(4, 40, rec.x0.shape[-1], dtype=torch.float64)
+        idx = torch.arange(40)
+        y, J = rec.value_and_jacobian(X, idx)
+        assert torch.equal(y, rec.step(X, idx)) and torch.equal(J, rec.jacobian(X, idx))
+        calls = {"step": 0}
+
+        def step(x, l):
+            calls["step"] += 1
+            return rec.step(x, l)
+
+        before = pcrsolve.solve(step, rec.x0, rec.length, mode=mode, jacobian=rec.jacobian,
+                                jacobian_structure=structure)
+        assert calls["step"] == before.iterations + 1
+        calls["step"] = 0
+        after = pcrsolve.solve(step, rec.x0, rec.length, mode=mode, **rec.solve_kwargs())
+        assert calls["step"] <= 3  # the trials that may end the iteration
+        assert after.iterations == before.iterations
+        assert torch.equal(before.states, after.states)

@@ -44,7 +44,7 @@ __all__ = ["CELL_TYPES", "CellRecurrence", "RNNSolution", "cell_recurrence", "ru
 #: the adapter evaluates the standard equations, not the module).
 CELL_TYPES = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
 JACOBIANS = ("analytic", "autodiff")
-_RESERVED = ("params", "jacobian_structure", "jvp")
+_RESERVED = ("params", "jacobian_structure", "jvp", "value_and_jacobian")
 
 
 @dataclass
@@ -72,6 +72,10 @@ class CellRecurrence:
         projection and the hidden weights); ``None`` when no gradient is wanted.
     kind : {"rnn_tanh", "rnn_relu", "gru", "lstm"}
     hidden_size : int
+    value_and_jacobian : callable or None
+        ``value_and_jacobian(h_prev, l) -> (step(h_prev, l), jacobian(h_prev, l))`` from
+        one evaluation of the gates (see :func:`pcrsolve.solve`); ``None`` with
+        ``jacobian``.
     """
 
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -82,6 +86,8 @@ class CellRecurrence:
     params: list[torch.Tensor] | None
     kind: str
     hidden_size: int
+    value_and_jacobian: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]] | None \
+        = None
 
     def solve_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`pcrsolve.solve` (besides step, x0 and length)."""
@@ -89,6 +95,8 @@ class CellRecurrence:
         if self.jacobian is not None:
             out["jacobian"] = self.jacobian
             out["jacobian_structure"] = self.structure
+        if self.value_and_jacobian is not None:
+            out["value_and_jacobian"] = self.value_and_jacobian
         return out
 
 
@@ -154,12 +162,14 @@ def _rnn_step(gi: torch.Tensor, Whh: torch.Tensor, bhh: torch.Tensor | None,
     def step(h: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
         return act(gi[..., l, :] + F.linear(h, Whh, bhh))
 
-    def jacobian(h: torch.Tensor, l: torch.Tensor, dense: bool = True) -> torch.Tensor:
+    def value_and_jacobian(h: torch.Tensor, l: torch.Tensor, dense: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
         pre = gi[..., l, :] + F.linear(h, Whh, bhh)
-        d = (pre > 0).to(pre.dtype) if relu else 1.0 - torch.tanh(pre) ** 2
-        return _rows(d, Whh, dense)
+        y = act(pre)
+        d = (pre > 0).to(pre.dtype) if relu else 1.0 - y**2
+        return y, _rows(d, Whh, dense)
 
-    return step, jacobian
+    return step, value_and_jacobian
 
 
 def _gru_gates(gi: torch.Tensor, Whh: torch.Tensor, bhh: torch.Tensor | None,
@@ -180,7 +190,8 @@ def _gru_step(gi: torch.Tensor, Whh: torch.Tensor,
         _, z, n, _ = _gru_gates(gi, Whh, bhh, h, l)
         return n + z * (h - n)  # (1 - z) n + z h
 
-    def jacobian(h: torch.Tensor, l: torch.Tensor, dense: bool = True) -> torch.Tensor:
+    def value_and_jacobian(h: torch.Tensor, l: torch.Tensor, dense: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
         # h' = (1 - z) n + z h:
         # dh'/dh = diag(1 - z) dn/dh + diag(h - n) dz/dh + diag(z), with
         # dz/dh = diag(z (1 - z)) W_z, dr/dh = diag(r (1 - r)) W_r,
@@ -191,10 +202,11 @@ def _gru_step(gi: torch.Tensor, Whh: torch.Tensor,
                        ((h - n) * z * (1.0 - z), W_z)], dense)
         if dense:
             torch.diagonal(J, dim1=-2, dim2=-1).add_(z)
-            return J
-        return J.add_(z)
+        else:
+            J = J.add_(z)
+        return n + z * (h - n), J
 
-    return step, jacobian
+    return step, value_and_jacobian
 
 
 def _lstm_gates(gi: torch.Tensor, Whh: torch.Tensor, bhh: torch.Tensor | None,
@@ -216,27 +228,29 @@ def _lstm_step(gi: torch.Tensor, Whh: torch.Tensor, bhh: torch.Tensor | None,
         _, _, _, o, _, c_new, t = _lstm_gates(gi, Whh, bhh, x, l, H)
         return torch.cat([o * t, c_new], dim=-1)
 
-    def jacobian(x: torch.Tensor, l: torch.Tensor, dense: bool = True) -> torch.Tensor:
+    def value_and_jacobian(x: torch.Tensor, l: torch.Tensor, dense: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
         # c' = f c + i g, h' = o tanh(c'); state (h, c):
         # dc'/dh = diag(c f(1-f)) W_f + diag(g i(1-i)) W_i + diag(i (1-g^2)) W_g, dc'/dc = diag(f)
         # dh'/dh = diag(tanh(c') o(1-o)) W_o + diag(o (1-tanh^2 c')) dc'/dh,
         # dh'/dc = diag(o (1-tanh^2 c') f)
-        i, f, g, o, c, _, t = _lstm_gates(gi, Whh, bhh, x, l, H)
+        i, f, g, o, c, c_new, t = _lstm_gates(gi, Whh, bhh, x, l, H)
+        value = torch.cat([o * t, c_new], dim=-1)
         u_f, u_i, u_g = c * f * (1.0 - f), g * i * (1.0 - i), i * (1.0 - g * g)
         s = o * (1.0 - t * t)
         dc_dh = _sum_rows([(u_f, W_f), (u_i, W_i), (u_g, W_g)], dense)
         dh_dh = _sum_rows([(t * o * (1.0 - o), W_o), (s * u_f, W_f), (s * u_i, W_i),
                            (s * u_g, W_g)], dense)
         if not dense:
-            return torch.cat([dh_dh, f], dim=-1)
+            return value, torch.cat([dh_dh, f], dim=-1)
         J = dh_dh.new_zeros((*dh_dh.shape[:-2], 2 * H, 2 * H))
         J[..., :H, :H] = dh_dh
         J[..., H:, :H] = dc_dh
         torch.diagonal(J[..., :H, H:], dim1=-2, dim2=-1).copy_(s * f)
         torch.diagonal(J[..., H:, H:], dim1=-2, dim2=-1).copy_(f)
-        return J
+        return value, J
 
-    return step, jacobian
+    return step, value_and_jacobian
 
 
 # -- argument handling ---------------------------------------------------------------------
@@ -412,23 +426,28 @@ def cell_recurrence(
     gi = F.linear(u.to(work), cast(cell.weight_ih), cast(cell.bias_ih))
     Whh, bhh = cast(w_hh), cast(cell.bias_hh)
     if kind == "gru":
-        step, jac = _gru_step(gi, Whh, bhh)
+        step, pair = _gru_step(gi, Whh, bhh)
     elif kind == "lstm":
-        step, jac = _lstm_step(gi, Whh, bhh, H)
+        step, pair = _lstm_step(gi, Whh, bhh, H)
     else:
-        step, jac = _rnn_step(gi, Whh, bhh, relu=kind == "rnn_relu")
+        step, pair = _rnn_step(gi, Whh, bhh, relu=kind == "rnn_relu")
 
     dense = structure == "dense"
 
     def jacobian_fn(x: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-        return jac(x, l, dense)
+        return pair(x, l, dense)[1]
+
+    def value_and_jacobian(x: torch.Tensor, l: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return pair(x, l, dense)
 
     params = None
     if torch.is_grad_enabled():
         params = [p for p in (gi, Whh, bhh) if p is not None and p.requires_grad] or None
-    return CellRecurrence(step=step, jacobian=jacobian_fn if jacobian == "analytic" else None,
+    analytic = jacobian == "analytic"
+    return CellRecurrence(step=step, jacobian=jacobian_fn if analytic else None,
                           structure=structure, x0=x0, length=T, params=params, kind=kind,
-                          hidden_size=H)
+                          hidden_size=H,
+                          value_and_jacobian=value_and_jacobian if analytic else None)
 
 
 def run_cell(
