@@ -40,6 +40,9 @@ def _map_source_backends() -> None:
     except BaseException:
         del sys.modules[name]
         raise
+    # what the import system does for a submodule it loads: make it an attribute of the
+    # package, so that `import pcrsolve.backends; pcrsolve.backends.X` works
+    setattr(sys.modules[__package__], "backends", module)
 
 
 _map_source_backends()

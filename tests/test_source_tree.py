@@ -25,6 +25,7 @@ print(type(backends.get_backend(__import__("array_api_compat").array_namespace(n
 x = pcrsolve.solve_linear(pcrsolve.BidiagonalSystem(np.full(3, 0.5), np.ones((3, 1)),
                                                     structure="scalar"))
 print(x[:, 0].tolist())
+print(pcrsolve.backends is backends)  # the package attribute, as a normal submodule import
 """
 
 
@@ -35,3 +36,4 @@ def test_checkout_maps_top_level_backends():
     assert "NumpyBackend" in out[1]
     # x_1 = 1, x_2 = 0.5 + 1, x_3 = 0.75 + 1
     assert out[2] == "[1.0, 1.5, 1.75]"
+    assert out[3] == "True"
