@@ -34,6 +34,9 @@ class CostModel:
         Seconds per multiply-add of a batched dense block product.
     elementwise_time : float
         Seconds per element of a batched elementwise update, copies included.
+    loop_overhead : float
+        Seconds of fixed cost of one call of the sequential loop (argument handling, output
+        allocation), paid once whatever ``L`` is.
     """
 
     step_overhead: float = 2.5e-6
@@ -42,6 +45,7 @@ class CostModel:
     seq_flop_time: float = 1e-9
     par_flop_time: float = 1.5e-10
     elementwise_time: float = 2.5e-9
+    loop_overhead: float = 0.0
 
 
 class MemoryTracker:

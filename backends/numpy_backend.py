@@ -150,12 +150,12 @@ class NumpyBackend(Backend):
         # ~30 us with index maps built per call and a parallel region per call) plus ~2 ns
         # per elementwise update (~1 ns idle, 2-4 ns under load) and ~0.5 ns per dense
         # multiply-add (w = 64, L = 4096: 7.6 ms for 16.8M multiply-adds). The sequential
-        # loop's own fixed cost (~20 us: L = 8, kernel 11 us, loop 21-37 us) is not in the
-        # model, so below ~40 steps it still picks the loop, up to ~3x slower than the
-        # kernel there (grid in docs/linear.rst).
+        # loop's own fixed cost is ~20 us per call (L = 5..32 scalar: loop 26-33 us, kernel
+        # 13-14 us, load ~5), so with numba even a handful of steps go to the kernel.
         return NumpyCostModel(
             step_overhead=1.5e-6, level_overhead=8e-6, block_overhead=6e-8,
             seq_flop_time=1e-9, par_flop_time=1.5e-10, elementwise_time=2.5e-9,
+            loop_overhead=2e-5,
             float_step=2.5e-7,
             kernel_overhead=1.2e-5 if numba_available() else float("inf"),
             kernel_flop_time=2e-9, kernel_dense_flop_time=5e-10)

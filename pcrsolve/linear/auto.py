@@ -7,12 +7,14 @@ and more arithmetic (dense blocks: ``w^3`` per product instead of ``w^2`` per st
 :class:`~pcrsolve.backends.CostModel` and picks the cheapest:
 
 * a backend's compiled kernel (``"kernel"``) whenever it applies and its fixed call cost is
-  repaid: on a GPU always, on a CPU with numba beyond a few dozen steps;
+  repaid: on a GPU always, on a CPU with numba from a handful of steps on (a kernel call
+  costs less than the loop's own fixed cost);
 * long scalar or diagonal recurrences without a kernel: ``"cr"`` on a CPU, ``"pcr"`` or
   ``"cr"`` on a GPU;
 * short recurrences of wide dense blocks: ``"sequential"`` (the extra ``w^3`` work of a
   block product costs more than the overhead it saves);
-* narrow dense blocks with a batch: ``"chunked"`` or ``"cr"``.
+* narrow dense blocks with a small batch: ``"chunked"`` or ``"cr"`` (a large batch
+  amortises the loop's per-step overhead, and the loop wins again).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def estimate_costs(system: Any) -> dict[str, float]:
         + _parallel(3 * L, batch, a_batch, w, dense, m)
     )
     costs = {
-        "sequential": L * seq_step,
+        "sequential": getattr(m, "loop_overhead", 0.0) + L * seq_step,
         "cr": cr,
         "pcr": levels * m.level_overhead + _parallel(levels * L, batch, a_batch, w, dense, m),
         "chunked": chunked,
