@@ -42,7 +42,7 @@ def _map_source_backends() -> None:
         raise
     # what the import system does for a submodule it loads: make it an attribute of the
     # package, so that `import pcrsolve.backends; pcrsolve.backends.X` works
-    setattr(sys.modules[__package__], "backends", module)
+    sys.modules[__package__].backends = module
 
 
 _map_source_backends()
