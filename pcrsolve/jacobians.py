@@ -4,7 +4,9 @@ A Jacobian provider maps ``(x_prev, l)`` (states ``(..., n, w)``, 0-based step i
 ``(n,)``) to the blocks of the Newton system, dense ``(..., n, w, w)`` or diagonal
 ``(..., n, w)``. Sources, in order of preference:
 
-1. the user's ``jacobian(x_prev, l)`` (dense or diagonal, as declared);
+1. the user's ``jacobian(x_prev, l)`` (dense or diagonal, as declared), or the blocks of
+   ``value_and_jacobian(x_prev, l) -> (f, J)``, which the Newton loop calls to evaluate a
+   trial trajectory and its blocks at once (:func:`pcrsolve.solve`);
 2. the user's ``jvp(x_prev, l, v)``: the dense Jacobian is assembled from ``w`` JVPs with
    the basis vectors in *one* batched call (a new leading batch axis of size ``w``), the
    diagonal one from the same call without materialising the dense blocks;

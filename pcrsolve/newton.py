@@ -314,8 +314,8 @@ def solve(
         For invalid arguments (the message names the argument), unsupported devices and
         problems too large for memory.
     StepFunctionError
-        If ``step``, ``jacobian`` or ``jvp`` returns the wrong type, shape or dtype, or the
-        Jacobian holds NaN/Inf at finite states.
+        If ``step``, ``jacobian``, ``jvp`` or ``value_and_jacobian`` returns the wrong type,
+        shape or dtype, or the Jacobian holds NaN/Inf at finite states.
     ConvergenceError
         If ``throw`` and the iteration did not converge.
 
