@@ -144,11 +144,17 @@ def test_other_backends_choose_the_cheapest_generic_method(lib):
         s = make(structure, L, w, batch, lib=lib)
         want = predicted(s)
         got = estimate_costs(s)
-        assert set(got) == set(want) == {"sequential", "cr", "pcr", "chunked"}
+        # the generic methods always; a compiled kernel where the backend prices one (torch
+        # CPU tensors with numba, unless TRITON_INTERPRET=1 keeps the Triton interpreter)
+        assert set(got) == set(want)
+        assert {"sequential", "cr", "pcr", "chunked"} <= set(got) <= {
+            "sequential", "cr", "pcr", "chunked", "kernel"}
         for k in want:
             assert got[k] == pytest.approx(want[k], rel=1e-12), (k, structure, L, w, batch)
         choice = choose_method(s)
-        assert want[choice] <= 1.2 * min(want.values()), (choice, want)
+        offered = available(s, want)
+        assert choice in offered
+        assert want[choice] <= 1.2 * min(offered.values()), (choice, want)
 
 
 def test_two_steps_or_fewer_is_always_the_loop(numba_mode):

@@ -54,7 +54,8 @@ def solve_linear(
         parallel steps); ``"cr"`` work-efficient cyclic reduction; ``"chunked"`` sequential
         inside chunks and parallel across them (least memory); ``"kernel"`` the backend's
         fused kernel (torch + Triton or CuPy on a GPU: diagonal, scalar, or dense with
-        w <= 16; NumPy with numba installed: every structure and width).
+        w <= 16; NumPy arrays, or torch CPU tensors not recorded by autograd, with numba
+        installed: every structure and width).
         ``"auto"`` picks by ``L``, ``w``, structure and backend (see
         :func:`choose_method`), and takes the kernel on a GPU where one applies.
     chunk_size : int, optional
@@ -103,8 +104,9 @@ def solve_linear(
         kernel = get_backend(system.xp).fast_linear(system)
         if kernel is None:
             raise InputError(
-                "`method='kernel'` needs a fused kernel for this system: NumPy arrays with "
-                "numba installed (pip install 'pcrsolve[numba]'), or diagonal or scalar "
+                "`method='kernel'` needs a fused kernel for this system: NumPy arrays or "
+                "torch CPU tensors that do not require grad, with numba installed (pip "
+                "install 'pcrsolve[numba]'), or diagonal or scalar "
                 "structure or dense blocks with w <= 16 and either torch tensors on a CUDA "
                 "device with Triton installed (or TRITON_INTERPRET=1 on the CPU) and no "
                 "input that requires grad, or CuPy arrays on a CUDA device; use 'auto' to "
