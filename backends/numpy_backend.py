@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import math
 import os
+import sys
 import tracemalloc
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,6 @@ def numba_available() -> bool:
     ``PCRSOLVE_NO_NUMBA=1`` in the environment, or ``sys.modules["numba"] = None``, turns
     them off (the generic Array-API path is then the fallback; the tests use both).
     """
-    import sys
 
     if os.environ.get("PCRSOLVE_NO_NUMBA") == "1":
         return False
@@ -151,11 +151,15 @@ class NumpyBackend(Backend):
         # per elementwise update (~1 ns idle, 2-4 ns under load) and ~0.5 ns per dense
         # multiply-add (w = 64, L = 4096: 7.6 ms for 16.8M multiply-adds). The sequential
         # loop's own fixed cost is ~20 us per call (L = 5..32 scalar: loop 26-33 us, kernel
-        # 13-14 us, load ~5), so with numba even a handful of steps go to the kernel.
+        # 13-14 us, load ~5), so once numba is loaded even a handful of steps go to the
+        # kernel. Before that the loop's fixed cost is left out, so that a short solve
+        # (below a few dozen steps) keeps to the loop and never pays numba's import and the
+        # loading of the cached kernels (~0.5 s, once per process).
+        loaded = sys.modules.get("numba") is not None
         return NumpyCostModel(
             step_overhead=1.5e-6, level_overhead=8e-6, block_overhead=6e-8,
             seq_flop_time=1e-9, par_flop_time=1.5e-10, elementwise_time=2.5e-9,
-            loop_overhead=2e-5,
+            loop_overhead=2e-5 if loaded else 0.0,
             float_step=2.5e-7,
             kernel_overhead=1.2e-5 if numba_available() else float("inf"),
             kernel_flop_time=2e-9, kernel_dense_flop_time=5e-10)

@@ -170,8 +170,11 @@ def test_regimes_with_numba(numba_mode):
     for structure, w in [("scalar", 1), ("diagonal", 1), ("diagonal", 16), ("dense", 4)]:
         for L in (64, 1000, 1 << 16):
             assert choose_method(make(structure, L, w, (4,))) == "kernel", (structure, w, L)
-    # a kernel call (~12 us) costs less than the loop's own fixed cost (~20 us) plus a
-    # handful of steps: measured L = 5..32, kernel 13-14 us against the loop's 26-33 us
+    # once numba is loaded, a kernel call (~12 us) costs less than the loop's own fixed
+    # cost (~20 us) plus a handful of steps: measured L = 5..32, kernel 13-14 us against the
+    # loop's 26-33 us (before numba is loaded, short solves keep to the loop: see
+    # test_numba_kernels.py::test_numba_is_imported_only_when_a_kernel_runs)
+    pytest.importorskip("numba")
     assert choose_method(make("scalar", 8, 1)) == "kernel"
     assert choose_method(make("diagonal", 5, 2)) == "kernel"
 
