@@ -185,3 +185,15 @@ def test_bench_robust_trust_region_solves_every_stable_case(tmp_path, capsys):
         assert ok == total == data["problem"]["cases"], rows[name]
         assert rows[name]["rel_error"] <= 1e-8
     assert "newton/trust-region" in capsys.readouterr().out
+
+
+def test_untimed_rows_show_a_dash_not_a_zero_speed_up():
+    from pcrsolve.bench.harness import Report, Row
+
+    rows = [Row("loop", 2e-3, [2e-3]), Row("ours", 1e-3, [1e-3], 0.0),
+            Row("  comm only", float("inf"), [float("nan")])]
+    report = Report("x", {"L": 8}, rows, baselines=["loop"])
+    line = next(s for s in report.table().splitlines() if "comm only" in s)
+    assert "0x" not in line and "inf" not in line and line.split()[2:4] == ["-", "-"]
+    data = report.to_json()
+    assert [r["ratio_vs_reference"] for r in data["rows"]] == [1.0, 2.0, None]

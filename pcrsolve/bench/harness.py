@@ -125,11 +125,12 @@ class Report:
         lines = [head]
         for r in self.rows:
             up = self.ratio(r)
+            timed = math.isfinite(r.median_s)  # an untimed row (e.g. comm only) shows "-"
             lines.append([
                 ("* " if r.name == self.reference else "  ") + r.name
                 if self.baselines else r.name,
-                f"{r.median_s * 1e3:.3f}",
-                f"{up:.3g}x",
+                f"{r.median_s * 1e3:.3f}" if timed else "-",
+                f"{up:.3g}x" if timed else "-",
                 "-" if r.rel_error is None else f"{r.rel_error:.1e}",
                 "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.2f}",
                 *[str(r.extra.get(k, "")) for k in extra_keys],
@@ -155,7 +156,7 @@ class Report:
         """A JSON-serialisable dict of the report (ratios and the verdict included)."""
         data = asdict(self)
         for row, r in zip(data["rows"], self.rows, strict=True):
-            row["ratio_vs_reference"] = self.ratio(r)
+            row["ratio_vs_reference"] = self.ratio(r) if math.isfinite(r.median_s) else None
             row["baseline"] = r.name in self.baselines
         data["verdict"] = self.verdict()
         return data
