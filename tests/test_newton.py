@@ -429,3 +429,28 @@ def test_lyapunov_exponent_and_chaos_message():
     assert abs(float(lyapunov_exponent(J, "diagonal", np)) - np.log(2)) < 1e-12
     stable = pcrsolve.solve(lambda x, l: 2.5 * x * (1 - x), np.array([0.3]), 300)
     assert stable.lyapunov_exponent < 0
+
+
+@pytest.mark.parametrize("seed", [0, 11, 27])
+def test_trust_region_keeps_newtons_pace_after_one_overshoot(seed):
+    # residual stacks x + tanh(W x + b): undamped Newton's residual jumps 10-500x on its
+    # first step, then converges quadratically; the trust region's watchdog (FREE_STEPS)
+    # must take that path too (before it: 37-52 iterations, 32-47 of them LM steps)
+    rng = np.random.default_rng(seed)
+    L, w = 64, 8
+    W = 0.5 * rng.standard_normal((L, w, w)) / np.sqrt(w)
+    b = 0.3 * rng.standard_normal((L, w))
+
+    def step(x, l):
+        return x + np.tanh(np.einsum("nij,...nj->...ni", W[l], x) + b[l])
+
+    x0 = rng.standard_normal(w)
+    plain = pcrsolve.solve(step, x0, L, globalisation="none")
+    assert plain.residuals[1] > 10 * plain.residuals[0]  # the overshoot is there
+    robust = pcrsolve.solve(step, x0, L)
+    assert (robust.iterations, robust.lm_steps) == (plain.iterations, 0)
+    x, ref = x0, []
+    for l in range(L):
+        x = x + np.tanh(W[l] @ x + b[l])
+        ref.append(x)
+    np.testing.assert_allclose(robust.states, np.array(ref), rtol=1e-12, atol=1e-12)
