@@ -191,25 +191,44 @@ def _numba_linear_kernel(structure: str) -> Any:
     elif structure == "diagonal":
         @numba.njit(cache=False)
         def kernel(A, b, x0, out, reverse):  # pragma: no cover - compiled
+            # a width-1 chain keeps its state in a register; wider states run their w
+            # independent chains in the inner loop (contiguous, vectorised), as one would
+            # write it by hand: chain-by-chain loops stride through memory and are
+            # latency-bound (measured 4.8x slower for B = 8, w = 16)
             B, L, w = b.shape
             for i in range(B):
-                for j in range(w):
-                    x = x0[i, j]
+                if w == 1:
+                    x1 = x0[i, 0]
                     for t in range(L):
                         l = L - 1 - t if reverse else t
-                        x = A[i, l, j] * x + b[i, l, j]
-                        out[i, l, j] = x
+                        x1 = A[i, l, 0] * x1 + b[i, l, 0]
+                        out[i, l, 0] = x1
+                    continue
+                x = x0[i].copy()
+                for t in range(L):
+                    l = L - 1 - t if reverse else t
+                    for j in range(w):
+                        x[j] = A[i, l, j] * x[j] + b[i, l, j]
+                        out[i, l, j] = x[j]
     else:
         @numba.njit(cache=False)
         def kernel(A, b, x0, out, reverse):  # pragma: no cover - compiled
             B, L, w = b.shape
             for i in range(B):
-                for j in range(w):
-                    x = x0[i, j]
+                if w == 1:
+                    x1 = x0[i, 0]
                     for t in range(L):
                         l = L - 1 - t if reverse else t
-                        x = A[i, l] * x + b[i, l, j]
-                        out[i, l, j] = x
+                        x1 = A[i, l] * x1 + b[i, l, 0]
+                        out[i, l, 0] = x1
+                    continue
+                x = x0[i].copy()
+                for t in range(L):
+                    l = L - 1 - t if reverse else t
+                    a = A[i, l]
+                    for j in range(w):
+                        x[j] = a * x[j] + b[i, l, j]
+                        out[i, l, j] = x[j]
     _NUMBA[structure] = kernel
     return kernel
 
