@@ -274,12 +274,24 @@ def _ew_range(A, sa, b, out, ia, ib, io, t0, t1, rev, x):  # pragma: no cover - 
     """Times ``t0 .. t1`` of ``w`` elementwise chains from ``x`` (float64, updated)."""
     L = b.shape[1]
     w = b.shape[2]
-    for t in range(t0, t1):
-        l = L - 1 - t if rev else t
-        for j in range(w):
-            v = A[ia, l, j * sa] * x[j] + b[ib, l, j]
-            x[j] = v
-            out[io, l, j] = v
+    # the stride of A across the chains is a loop invariant the compiler cannot see: one
+    # loop per case, so that the inner loop over the chains is contiguous and vectorises
+    # (diagonal B=8 w=16 L=2^14, quiet 2-core EPYC: 2.9 -> 2.55 ms; numba loop 2.4 ms)
+    if sa == 1:
+        for t in range(t0, t1):
+            l = L - 1 - t if rev else t
+            for j in range(w):
+                v = A[ia, l, j] * x[j] + b[ib, l, j]
+                x[j] = v
+                out[io, l, j] = v
+    else:
+        for t in range(t0, t1):
+            l = L - 1 - t if rev else t
+            a = A[ia, l, 0]
+            for j in range(w):
+                v = a * x[j] + b[ib, l, j]
+                x[j] = v
+                out[io, l, j] = v
 
 
 @njit(cache=True, nogil=True)
