@@ -97,8 +97,12 @@ def worker(rank: int, ranks: int, port: int, args: Any, queue: Any) -> None:
     got: list[Any] = [None] * ranks
     dist.all_gather_object(got, (rank, lo, hi, diff))
     if rank == 0:
-        queue.put((rows, got))
-    dist.destroy_process_group()
+        queue.put((rows, got))  # a SimpleQueue writes to its pipe before put returns
+    dist.barrier()
+    # leave without the C++ teardown: gloo's threads were seen to abort a process at exit
+    # ("terminate called without an active exception") after all its work was done
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
