@@ -23,6 +23,7 @@ from torch import nn
 
 from pcrsolve.errors import InputError
 
+from .torch_adjoint import _Adjoint
 from .torch_params import param_list
 
 __all__ = ["DistributedParallelSequential", "TorchCommunicator", "differentiable_solve",
@@ -136,13 +137,8 @@ class TorchCommunicator:
         return out
 
 
-class _DistributedAdjoint(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, run: Any, x0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        sol = run(x0.detach())
-        ctx.run = run
-        ctx.save_for_backward(x0, sol.states)
-        return sol.states
+class _DistributedAdjoint(_Adjoint):
+    """The single-process adjoint's forward; the backward is the distributed one."""
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[Any, ...]:

@@ -49,9 +49,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from .backends import get_backend, namespace_name
 from .blocks import STRUCTURES, Structure
+from .direction import jacobian_blocks
 from .errors import ConvergenceError, InputError, PCRSolveError, StepFunctionError
 from .factored import Factored
-from .jacobians import finite_difference_jvp, jacobian_provider
 from .linear import METHODS
 from .linear import solve_linear as _single_solve_linear
 from .namespace import check_finite, device_of, infer_namespace, working_dtype
@@ -613,31 +613,19 @@ def _batch_max(x: Any, xp: Any) -> Any:
 def _jacobian_source(mode: str, step: Callable, jacobian: Callable | None,
                      jacobian_structure: str, jvp: Callable | None, xp: Any
                      ) -> tuple[Callable[[Any, Any], Any] | None, str]:
-    """The blocks of each mode from pcrsolve.jacobians' providers or the backend."""
-    if mode == "picard":
-        return (lambda X, l: xp.ones(X.shape[:-1], dtype=X.dtype, device=device_of(X))), "scalar"
-    if mode == "jacobi":
-        return None, "scalar"
-    want = "dense" if mode == "newton" else "diagonal"
-    if jacobian is not None:
-        if jacobian_structure == "diagonal" or want == "dense":
-            def user(X: Any, l: Any) -> Any:
-                J = jacobian(X, l)
-                return J.dense(xp) if isinstance(J, Factored) else J
-            return user, jacobian_structure
+    """The blocks of each mode (:func:`pcrsolve.direction.jacobian_blocks`), with
+    :class:`~pcrsolve.Factored` blocks made dense: the distributed linear solve takes
+    dense, diagonal or scalar blocks only."""
+    provider, structure = jacobian_blocks(mode, step, jacobian, jacobian_structure, jvp,
+                                          get_backend(xp), xp)
+    if provider is None:
+        return None, structure
 
-        def diagonal_of(X: Any, l: Any) -> Any:
-            J = jacobian(X, l)
-            if isinstance(J, Factored):
-                return J.diagonal(xp)
-            return xp.linalg.diagonal(J)
+    def blocks(X: Any, l: Any) -> Any:
+        J = provider(X, l)
+        return J.dense(xp) if isinstance(J, Factored) else J
 
-        return diagonal_of, "diagonal"
-    backend = get_backend(xp)
-    if jvp is None and backend.has_autodiff:
-        return backend.jacobian(step, want), want
-    return jacobian_provider(jvp if jvp is not None else finite_difference_jvp(step, xp),
-                             want, xp), want
+    return blocks, structure
 
 
 def _local_checks(step: Any, x0: Any, length: Any, mode: str, jacobian: Any,

@@ -9,17 +9,13 @@ None``. The pytest functions read those files. Every process is bounded by a tim
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
-import time
 import traceback
 from typing import Any
 
 import numpy as np
 import pytest
+from gloo_launch import finish_worker, launch
 
 import pcrsolve
 from pcrsolve.distributed import DistributedError, ThreadedGroup, segment_summary
@@ -310,21 +306,7 @@ def _worker(P: int, rank: int, port: int, out: str) -> None:
 
     # 8. after all that, the group still works
     check("group_still_usable", lambda: newton(modes["newton_jacobian"]))
-    with open(out, "w") as fh:
-        json.dump(results, fh)
-    dist.barrier()  # every rank is done with the group
-    # leave without the C++ teardown: gloo's threads were seen to abort a process at exit
-    # ("terminate called without an active exception", exit -6) after every result had
-    # been written, failing a CI run; the results are on disk, nothing else is left to do
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    finish_worker(results, out)
 
 
 _LAUNCHES: dict[int, dict[str, Any]] = {}
@@ -332,32 +314,9 @@ _LAUNCHES: dict[int, dict[str, Any]] = {}
 
 def _launch(P: int, tmp: Any) -> dict[str, Any]:
     """Run the worker on ``P`` processes; every rank's results (cached per P)."""
-    if P in _LAUNCHES:
-        return _LAUNCHES[P]
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(pcrsolve.__file__))),
-         os.environ.get("PYTHONPATH", "")])}
-    outs = [os.path.join(str(tmp), f"rank{r}.json") for r in range(P)]
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "WORKER", str(P),
-                               str(r), str(port), outs[r]], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) for r in range(P)]
-    deadline = time.monotonic() + LAUNCH_TIMEOUT
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"distributed launch with P={P} timed out after {LAUNCH_TIMEOUT} s")
-    for r, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        if p.returncode != 0 or not os.path.exists(outs[r]):
-            pytest.fail(f"rank {r} of {P} exited with {p.returncode}:\n"
-                        f"{log.decode(errors='replace')[-4000:]}")
-    result = {"ranks": [json.load(open(o)) for o in outs]}
-    _LAUNCHES[P] = result
-    return result
+    if P not in _LAUNCHES:
+        _LAUNCHES[P] = {"ranks": launch(__file__, P, tmp, LAUNCH_TIMEOUT)}
+    return _LAUNCHES[P]
 
 
 CHECKS = ([f"linear_{s}_{d}" for s in SHAPES for d in ("forward", "reverse")]

@@ -10,13 +10,8 @@ single-process loop). Each rank writes ``check -> error message or None`` as JSO
 from __future__ import annotations
 
 import copy
-import json
-import os
-import socket
-import subprocess
 import sys
 import threading
-import time
 import traceback
 from typing import Any
 
@@ -24,6 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
+
+from gloo_launch import finish_worker, launch  # noqa: E402
 
 import pcrsolve  # noqa: E402
 from pcrsolve.adapters.torch import ParallelSequential, Residual  # noqa: E402
@@ -259,51 +256,15 @@ def _worker(P: int, rank: int, port: int, out: str) -> None:
         return got
 
     results = _run_checks(None, P, rank, BLOCKS[P], all_gather_object, singles)
-    with open(out, "w") as fh:
-        json.dump(results, fh)
-    dist.barrier()  # every rank is done with the group
-    # leave without the C++ teardown: gloo's threads were seen to abort a process at exit
-    # ("terminate called without an active exception", exit -6) after every result had
-    # been written, failing a CI run; the results are on disk, nothing else is left to do
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    finish_worker(results, out)
 
 
 _LAUNCHES: dict[int, list[dict[str, Any]]] = {}
 
 
 def _launch(P: int, tmp: Any) -> list[dict[str, Any]]:
-    if P in _LAUNCHES:
-        return _LAUNCHES[P]
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(pcrsolve.__file__))),
-         os.environ.get("PYTHONPATH", "")])}
-    outs = [os.path.join(str(tmp), f"rank{r}.json") for r in range(P)]
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "WORKER", str(P),
-                               str(r), str(port), outs[r]], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) for r in range(P)]
-    deadline = time.monotonic() + LAUNCH_TIMEOUT
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"launch with P={P} timed out after {LAUNCH_TIMEOUT} s")
-    for r, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        if p.returncode != 0 or not os.path.exists(outs[r]):
-            pytest.fail(f"rank {r} of {P} exited with {p.returncode}:\n"
-                        f"{log.decode(errors='replace')[-4000:]}")
-    _LAUNCHES[P] = [json.load(open(o)) for o in outs]
+    if P not in _LAUNCHES:
+        _LAUNCHES[P] = launch(__file__, P, tmp, LAUNCH_TIMEOUT)
     return _LAUNCHES[P]
 
 
