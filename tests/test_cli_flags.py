@@ -1,8 +1,8 @@
 """``bench linear``'s ``--reverse``, ``--methods`` and ``--backend`` flags, against a reference.
 
 Every solve the command runs is captured (``solve_linear`` wrapped) and its states are
-compared with a float64 loop written here, in the direction the flags ask for; the JSON's
-``problem`` and ``rows`` must say what was run.
+compared with the suite's float64 loop (``linear_problems.reference_solve``), in the
+direction the flags ask for; the JSON's ``problem`` and ``rows`` must say what was run.
 """
 
 from __future__ import annotations
@@ -11,28 +11,10 @@ import json
 
 import numpy as np
 import pytest
+from linear_problems import reference_solve
 
 import pcrsolve.bench.linear as bench_linear
 from pcrsolve.cli import main
-
-
-def loop_f64(A: np.ndarray, b: np.ndarray, x0: np.ndarray, structure: str,
-             reverse: bool) -> np.ndarray:
-    """``x_l = A_l x_{l-/+1} + b_l`` step by step in float64 (batch (B,), L, w)."""
-    A, b, x0 = (np.asarray(a, dtype=np.float64) for a in (A, b, x0))
-    Bn, L, w = b.shape
-    x = np.broadcast_to(x0, (Bn, w)).copy()
-    out = np.empty((Bn, L, w))
-    order = range(L - 1, -1, -1) if reverse else range(L)
-    for l in order:
-        if structure == "dense":
-            x = np.einsum("bij,bj->bi", A[:, l], x) + b[:, l]
-        elif structure == "diagonal":
-            x = A[:, l] * x + b[:, l]
-        else:
-            x = A[:, l, None] * x + b[:, l]
-        out[:, l] = x
-    return out
 
 
 def to_numpy(x) -> np.ndarray:
@@ -69,11 +51,11 @@ def check_states(calls, structure: str, reverse: bool, rtol: float) -> None:
         A, b = to_numpy(system.A), to_numpy(system.b)
         x0 = to_numpy(system.x0)
         assert system.reverse is reverse
-        ref = loop_f64(A, b, x0, structure, reverse)
+        ref = reference_solve(A, b, x0, structure, reverse)
         scale = np.max(np.abs(ref))
         err = np.max(np.abs(to_numpy(states) - ref)) / scale
         assert err < rtol, (method, err)
-        other = loop_f64(A, b, x0, structure, not reverse)
+        other = reference_solve(A, b, x0, structure, not reverse)
         assert np.max(np.abs(other - ref)) / scale > 1e-3  # the direction matters here
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from linear_problems import reference_solve
 
 pytest.importorskip("numba")
 from pcrsolve.backends import numba_kernels
@@ -26,20 +27,6 @@ def expected(family: str, chunk: bool) -> set[str]:
     if chunk:
         return {f"{family}_chunked"}
     return {f"{family}_batch", f"{family}_serial"}
-
-
-def loop_f64(A, b, x0, structure):
-    x = np.asarray(x0, np.float64).copy()
-    out = np.empty(b.shape)
-    for l in range(b.shape[-2]):
-        if structure == "dense":
-            x = np.einsum("...ij,...j->...i", A[..., l, :, :], x) + b[..., l, :]
-        elif structure == "diagonal":
-            x = A[..., l, :] * x + b[..., l, :]
-        else:
-            x = A[..., l, None] * x + b[..., l, :]
-        out[..., l, :] = x
-    return out
 
 
 @pytest.fixture
@@ -78,7 +65,7 @@ def test_default_dispatch_chunks_only_long_chains_of_a_small_batch(rng, calls, m
         calls.clear()
         A, b, x0 = system(rng, structure, batch, L_run, w)
         x = numba_kernels.solve(A, b, x0, NDIM[structure], False, batch, np.dtype("float64"))
-        ref = loop_f64(A, b, x0, structure)
+        ref = reference_solve(A, b, x0, structure)
         np.testing.assert_allclose(x, ref, rtol=1e-12, atol=1e-12)
         chunk = (family != "dense" and T > 1 and batch[0] < T and L_run >= L)
         assert len(calls) == 1 and calls[0] in expected(family, chunk), (batch, L_run, T)
@@ -91,9 +78,7 @@ def test_forced_dispatch(rng, calls, structure, w, family, force):
     A, b, x0 = system(rng, structure, (2,), 30, w)
     x = numba_kernels.solve(A, b, x0, NDIM[structure], True, (2,), np.dtype("float64"),
                             chunk_threads=force)
-    ref = loop_f64(A[..., ::-1, :, :] if structure == "dense" else A[..., ::-1, :]
-                   if structure == "diagonal" else A[..., ::-1], b[..., ::-1, :], x0,
-                   structure)[..., ::-1, :]
+    ref = reference_solve(A, b, x0, structure, reverse=True)
     np.testing.assert_allclose(x, ref, rtol=1e-12, atol=1e-12)
     chunk = force and family != "dense" and T > 1
     assert len(calls) == 1 and calls[0] in expected(family, chunk), calls

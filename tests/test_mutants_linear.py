@@ -12,26 +12,11 @@ import types
 import numpy as np
 import pytest
 from conftest import tolerance
+from linear_problems import reference_solve
 
 import pcrsolve
 from pcrsolve.linear.chunked import default_chunk_size
 from pcrsolve.linear.sequential import _unstack, solve_sequential
-
-
-def loop_f64(A, b, x0, structure):
-    """The forward recurrence in float64, one step at a time: (..., L, w)."""
-    A, b, x0 = (np.asarray(a, np.float64) for a in (A, b, x0))
-    x = np.broadcast_to(x0, b.shape[:-2] + b.shape[-1:]).copy()
-    out = np.empty(b.shape)
-    for l in range(b.shape[-2]):
-        if structure == "dense":
-            x = np.einsum("...ij,...j->...i", A[..., l, :, :], x) + b[..., l, :]
-        elif structure == "diagonal":
-            x = A[..., l, :] * x + b[..., l, :]
-        else:
-            x = A[..., l, None] * x + b[..., l, :]
-        out[..., l, :] = x
-    return out
 
 
 def numpy_without_unstack() -> types.SimpleNamespace:
@@ -67,7 +52,7 @@ def test_generic_loop_without_unstack_matches_float64_loop(rng, structure, monke
     monkeypatch.setattr(type(get_backend(np)), "sequential_linear",
                         lambda self, *a, **k: None)
     X = solve_sequential(A, b, x0, s.structure, numpy_without_unstack())
-    ref = loop_f64(A, b, x0, structure)
+    ref = reference_solve(A, b, x0, structure)
     assert np.max(np.abs(X - ref)) <= tolerance("float64", L) * np.max(np.abs(ref))
 
 
