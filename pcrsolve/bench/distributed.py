@@ -96,6 +96,21 @@ def _clock(fn: Any, repeat: int) -> tuple[Any, list[float], float]:
     return out, times, statistics.median(cpu)
 
 
+def _baseline_rows(bases: Any, ref: Any, repeat: int, baselines: list[str],
+                   notes: list[str]) -> list[Row]:
+    """Time each sequential baseline (a row each, checked against ``ref``); their names
+    go to ``baselines`` and their notes to ``notes``."""
+    rows = []
+    for base in bases:
+        res, t, cpu = _clock(base.run, repeat)
+        rows.append(Row(base.name, statistics.median(t), t,
+                        relative_error(base.to_numpy(res), ref), None,
+                        {"cpu ms/it": f"{cpu * 1e3:.1f}"}))
+        baselines.append(base.name)
+        notes.append(f"  {base.name}: {base.note}")
+    return rows
+
+
 def _on_rank0(comm: Any, fn: Any) -> Any:
     """``fn()`` on rank 0 while the others wait at a barrier."""
     import torch.distributed as dist
@@ -167,14 +182,7 @@ def _newton_case(opts: Any, comm: Any, ws: Workspace, L: int) -> Report | None:
 
     def single() -> list[Row]:
         fstep, fjac = functions(0, L)
-        out: list[Row] = []
-        for base in mlp_baselines(ws, Wn, cn, x0n):
-            res, t, cpu = _clock(base.run, repeat)
-            out.append(Row(base.name, statistics.median(t), t,
-                           relative_error(base.to_numpy(res), ref), None,
-                           {"cpu ms/it": f"{cpu * 1e3:.1f}"}))
-            baselines.append(base.name)
-            notes.append(f"  {base.name}: {base.note}")
+        out = _baseline_rows(mlp_baselines(ws, Wn, cn, x0n), ref, repeat, baselines, notes)
         # the same iteration as the distributed solve (which runs globalisation="none")
         s1, t, cpu = _clock(lambda: solve(fstep, x0, L, jacobian=fjac, tol=tol, throw=False,
                                           globalisation="none"), repeat)
@@ -249,14 +257,8 @@ def _linear_case(opts: Any, comm: Any, ws: Workspace, L: int) -> Report | None:
     baselines, notes = [], []
 
     def single() -> list[Row]:
-        out: list[Row] = []
-        for base in linear_baselines(ws, An, bn, x0n, "diagonal", eager=False):
-            res, t, cpu = _clock(base.run, repeat)
-            out.append(Row(base.name, statistics.median(t), t,
-                           relative_error(base.to_numpy(res), ref), None,
-                           {"cpu ms/it": f"{cpu * 1e3:.1f}"}))
-            baselines.append(base.name)
-            notes.append(f"  {base.name}: {base.note}")
+        out = _baseline_rows(linear_baselines(ws, An, bn, x0n, "diagonal", eager=False), ref,
+                              repeat, baselines, notes)
         full = BidiagonalSystem(ws.asarray(An), ws.asarray(bn), x0, structure="diagonal",
                                 check_finite=False)
         y, t, cpu = _clock(lambda: solve_linear(full), repeat)
