@@ -9,24 +9,25 @@ Algorithms (all exact rearrangements of the loop; states accumulate in float64, 
 float32 system is at least as accurate as its float32 loop):
 
 * **Width-1 chains** (scalar blocks or ``w = 1``): a single chain ``x = a x + b`` is bound
-  by the latency of one multiply-add per step, not by memory. The kernel cuts the steps
-  into cache-sized blocks of ``4 m`` steps and each block into 4 sub-chains of ``m`` steps
-  that run interleaved (4 independent multiply-add chains): pass 1 computes each
-  sub-chain's affine transfer ``(p, y)`` from a zero state, 4 carries are composed, and
-  pass 2 rescans the 4 sub-chains from their true carries, writing ``x``. Pass 2 reads
-  ``a`` and ``b`` from cache, so memory sees one read of ``A`` and ``b`` and one write of
-  ``x`` (the floor). ``m`` is chosen so that the 4 streams do not share cache sets.
+  by the latency of one fused multiply-add per step (~1.3 ns on the 2-core EPYC), not by
+  memory. On one thread that is the plain loop.
 * **Wider elementwise chains** (diagonal, scalar with ``w > 1``): one step updates ``w``
   independent chains, vectorised over the feature axis.
 * **Dense blocks**: one matrix-vector product per step, unrolled for ``w <= 4``.
 * **Threads**: ``prange`` over batch elements when the batch alone fills the cores (and
   the work repays a parallel region: :data:`PARALLEL_MIN_WORK`; else one thread);
-  otherwise (elementwise chains only) a chunked two-pass scan across threads: thread 0
-  runs the first ``f0 L`` steps from ``x0`` directly while the other threads compute the
-  affine transfers of the remaining pieces from a zero state, the pieces' carries are
-  composed, then every thread rescans one piece from its true carry. Dense blocks do not
-  chunk across threads: a chunk's transfer costs ``w^3`` per step against the loop's
-  ``w^2``, so two threads cannot repay it.
+  otherwise (width-1 chains from :data:`CHUNK_MIN_STEPS` steps) a pipelined split of each
+  chain across the ``T`` threads. Phase 1: thread 0 scans the head (the first
+  ``1 - T s`` of the steps, :func:`piece_share`) directly from ``x0`` while each other
+  thread computes the affine transfer ``(p, y)`` of one of the next pieces (4 interleaved
+  multiply-add chains, so bound by memory). The pieces' carries are composed. Phase 2:
+  all ``T`` threads scan one piece each from its true carry. Only ``(T - 1) s`` of the
+  steps are read twice, and the head needs no transfer at all. Elementwise chains with
+  ``w > 1`` already keep a core busy and are not split by default
+  (:data:`CHUNK_MIN_STEPS_WIDE`); dense blocks never are (a chunk's transfer costs ``w^3``
+  per step against the loop's ``w^2``).
+* **Output**: from :mod:`pcrsolve.backends.buffers`, which reuses released large buffers
+  instead of page-faulting a fresh ``mmap`` on every call.
 
 Rescanning from the true carry (rather than adding ``P_l x_carry`` through running
 products) is exact for any ``|a|``: it is the loop itself, started from the right state;
@@ -43,160 +44,93 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import buffers
+
 __all__ = ["dense_batch", "dense_serial", "ew_batch", "ew_chunked", "ew_serial", "num_threads",
            "solve", "w1_batch", "w1_chunked", "w1_serial"]
+
+#: LLVM fast-math flags of every kernel: only ``contract``, which fuses ``a * x + b`` into
+#: one fused multiply-add (one rounding instead of two, so at least as accurate). A chain's
+#: step is latency-bound, and the fused step halves its latency: scalar ``L = 2^22`` on the
+#: 2-core EPYC, 8.1 -> 5.5 ms. No reassociation: results do not depend on vector widths.
+_FM = {"contract"}
 
 #: Running products of a chunk transfer below this magnitude are set to zero: they are
 #: exact to far below the rounding of any state and would otherwise be subnormal, which
 #: costs ~100 cycles per multiply.
 TINY = 2.0 ** -960
 
-#: Sub-chain length of the width-1 kernel: 4 interleaved sub-chains of ``SUB`` steps make
-#: one block of ~17k steps (A, b and x of a float64 block: 0.4 MB, within L2), and
-#: ``SUB % 512 == 72`` keeps the 4 streams 576 bytes apart in cache-set space (a multiple
-#: of 4 KiB would put all 12 streams in the same L1 set).
-SUB = 8 * 512 + 72
-SUB_MIN = 72
-
-#: Whether width-1 chains use the blocked 4-way interleaved scan. Off: measured on the
-#: 2-core EPYC (load ~3, `python -m pcrsolve bench linear -L 4194304`) it ran 19 ms
-#: against 10.4 ms for the plain loop below (the interleaved code is kept, untested,
-#: for tuning on other machines; a compile-time constant: numba freezes globals).
-INTERLEAVE = False
+#: Sub-chain offset of the 4-way transfer: the 4 streams start ``m`` steps apart with
+#: ``m % 512 == SUB_ALIGN``, 576 bytes apart in cache-set space (streams a multiple of 4 KiB
+#: apart alias in L1 and stall each other's loads).
+SUB_ALIGN = 72
 
 
-@njit(cache=True, nogil=True)
-def _w1_block(a, b, out, s, m, base, d, x):  # pragma: no cover - compiled
-    """Steps ``s .. s + 4m`` of one width-1 chain (1-d rows) from ``x``; returns the last state.
+@njit(cache=True, fastmath=_FM, nogil=True)
+def _w1_range(a, b, out, ia, ib, io, t0, t1, rev, x):  # pragma: no cover - compiled
+    """Times ``t0 .. t1`` of one width-1 chain from ``x``; returns the last state.
 
     Indices are unsigned and the forward and reverse loops are written out separately:
     numba then skips its negative-index wraparound test and LLVM strength-reduces the
     addresses (either costs as much as the arithmetic).
     """
-    p0 = p1 = p2 = 1.0
-    y0 = y1 = y2 = 0.0
-    if d == 1:
-        for t in range(m):
-            i = np.uint64(s + t)
-            u = np.float64(a[i])
-            y0 = u * y0 + b[i]
-            p0 *= u
-            i = np.uint64(s + m + t)
-            u = np.float64(a[i])
-            y1 = u * y1 + b[i]
-            p1 *= u
-            i = np.uint64(s + 2 * m + t)
-            u = np.float64(a[i])
-            y2 = u * y2 + b[i]
-            p2 *= u
-    else:
-        for t in range(m):
-            i = np.uint64(base - s - t)
-            u = np.float64(a[i])
-            y0 = u * y0 + b[i]
-            p0 *= u
-            i = np.uint64(base - s - m - t)
-            u = np.float64(a[i])
-            y1 = u * y1 + b[i]
-            p1 *= u
-            i = np.uint64(base - s - 2 * m - t)
-            u = np.float64(a[i])
-            y2 = u * y2 + b[i]
-            p2 *= u
-    # the last sub-chain needs no transfer: it is rescanned from its carry only
-    x0 = x
-    x1 = p0 * x0 + y0
-    x2 = p1 * x1 + y1
-    x3 = p2 * x2 + y2
-    if d == 1:
-        for t in range(m):
-            i = np.uint64(s + t)
-            x0 = a[i] * x0 + b[i]
-            out[i] = x0
-            i = np.uint64(s + m + t)
-            x1 = a[i] * x1 + b[i]
-            out[i] = x1
-            i = np.uint64(s + 2 * m + t)
-            x2 = a[i] * x2 + b[i]
-            out[i] = x2
-            i = np.uint64(s + 3 * m + t)
-            x3 = a[i] * x3 + b[i]
-            out[i] = x3
-    else:
-        for t in range(m):
-            i = np.uint64(base - s - t)
-            x0 = a[i] * x0 + b[i]
-            out[i] = x0
-            i = np.uint64(base - s - m - t)
-            x1 = a[i] * x1 + b[i]
-            out[i] = x1
-            i = np.uint64(base - s - 2 * m - t)
-            x2 = a[i] * x2 + b[i]
-            out[i] = x2
-            i = np.uint64(base - s - 3 * m - t)
-            x3 = a[i] * x3 + b[i]
-            out[i] = x3
-    return x3
-
-
-@njit(cache=True, nogil=True)
-def _w1_range(a, b, out, ia, ib, io, t0, t1, rev, x):  # pragma: no cover - compiled
-    """Times ``t0 .. t1`` of one width-1 chain from ``x`` (blocked, 4-way interleaved)."""
     L = b.shape[1]
-    base = L - 1 if rev else 0
-    d = -1 if rev else 1
     x = np.float64(x)
     ar, br, orow = a[ia], b[ib], out[io]
-    s = t0
-    if not INTERLEAVE:
-        s = t1
-        if rev:
-            for t in range(t0, t1):
-                i = np.uint64(L - 1 - t)
-                x = ar[i] * x + br[i]
-                orow[i] = x
-        else:
-            for t in range(t0, t1):
-                i = np.uint64(t)
-                x = ar[i] * x + br[i]
-                orow[i] = x
-    while t1 - s >= 4 * SUB_MIN:
-        if t1 - s >= 4 * SUB:
-            m = SUB
-        else:  # the largest m <= (t1 - s) / 4 with m % 512 == SUB_MIN
-            m = SUB_MIN + 512 * (((t1 - s) // 4 - SUB_MIN) // 512)
-        x = _w1_block(ar, br, orow, s, m, base, d, x)
-        s += 4 * m
-    for t in range(s, t1):
-        i = np.uint64(base + d * t)
-        x = ar[i] * x + br[i]
-        orow[i] = x
+    if rev:
+        for t in range(t0, t1):
+            i = np.uint64(L - 1 - t)
+            x = ar[i] * x + br[i]
+            orow[i] = x
+    else:
+        for t in range(t0, t1):
+            i = np.uint64(t)
+            x = ar[i] * x + br[i]
+            orow[i] = x
     return x
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, fastmath=_FM, nogil=True)
 def _w1_transfer(a, b, ia, ib, t0, t1, rev):  # pragma: no cover - compiled
-    """The affine map ``(p, y)`` of times ``t0 .. t1`` of one width-1 chain (4-way ILP)."""
+    """The affine map ``(p, y)`` of times ``t0 .. t1`` of one width-1 chain (4-way ILP).
+
+    The steps are cut into 4 pieces whose transfers run interleaved (4 independent
+    multiply-add chains, so the pass is bound by memory, not by latency), then composed.
+    """
     L = b.shape[1]
-    base = L - 1 if rev else 0
-    d = -1 if rev else 1
     ar, br = a[ia], b[ib]
     n = t1 - t0
     m = n // 4
+    if m > 512 + SUB_ALIGN:
+        m -= (m - SUB_ALIGN) % 512
+    # step index of piece k at offset t: base + d * (t0 + k m + t), unsigned
+    base = np.uint64(L - 1 - t0) if rev else np.uint64(t0)
+    um = np.uint64(m)
     p0 = p1 = p2 = p3 = 1.0
     y0 = y1 = y2 = y3 = 0.0
     for t in range(m):
-        u = np.float64(ar[np.uint64(base + d * (t0 + t))])
-        y0 = u * y0 + br[np.uint64(base + d * (t0 + t))]
+        ut = np.uint64(t)
+        if rev:
+            i0 = base - ut
+            i1 = i0 - um
+            i2 = i1 - um
+            i3 = i2 - um
+        else:
+            i0 = base + ut
+            i1 = i0 + um
+            i2 = i1 + um
+            i3 = i2 + um
+        u = np.float64(ar[i0])
+        y0 = u * y0 + br[i0]
         p0 *= u
-        u = np.float64(ar[np.uint64(base + d * (t0 + m + t))])
-        y1 = u * y1 + br[np.uint64(base + d * (t0 + m + t))]
+        u = np.float64(ar[i1])
+        y1 = u * y1 + br[i1]
         p1 *= u
-        u = np.float64(ar[np.uint64(base + d * (t0 + 2 * m + t))])
-        y2 = u * y2 + br[np.uint64(base + d * (t0 + 2 * m + t))]
+        u = np.float64(ar[i2])
+        y2 = u * y2 + br[i2]
         p2 *= u
-        u = np.float64(ar[np.uint64(base + d * (t0 + 3 * m + t))])
-        y3 = u * y3 + br[np.uint64(base + d * (t0 + 3 * m + t))]
+        u = np.float64(ar[i3])
+        y3 = u * y3 + br[i3]
         p3 *= u
         if (t & 31) == 31:
             if abs(p0) < TINY:
@@ -217,15 +151,16 @@ def _w1_transfer(a, b, ia, ib, t0, t1, rev):  # pragma: no cover - compiled
     y = p3 * y + y3
     p = p3 * p
     for t in range(t0 + 4 * m, t1):
-        u = np.float64(ar[np.uint64(base + d * t)])
-        y = u * y + br[np.uint64(base + d * t)]
+        i = np.uint64(L - 1 - t) if rev else np.uint64(t)
+        u = np.float64(ar[i])
+        y = u * y + br[i]
         p *= u
     if abs(p) < TINY:
         p = 0.0
     return p, y
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, fastmath=_FM, nogil=True, parallel=True)
 def w1_batch(a, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compiled
     """Width-1 chains, one per batch element, ``prange`` over the batch.
 
@@ -237,39 +172,47 @@ def w1_batch(a, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compil
         _w1_range(a, b, out, amap[i], bmap[i], i, 0, L, rev, x0[xmap[i]])
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def w1_chunked(a, b, x0, out, amap, bmap, xmap, rev, T, f0):  # pragma: no cover - compiled
-    """Width-1 chains, chunks of each chain across ``T`` threads (see the module notes)."""
+@njit(cache=True, nogil=True)
+def _pieces(L, T, share):  # pragma: no cover - compiled
+    """Cut of the pipelined scan: thread 0's head ``c`` and the piece length ``r``.
+
+    Phase 2 scans ``T`` pieces: piece ``q`` starts at ``c + q r``; the last ends at ``L``.
+    """
+    r = min(int(share * L), L // T)
+    return L - T * r, r
+
+
+@njit(cache=True, fastmath=_FM, nogil=True, parallel=True)
+def w1_chunked(a, b, x0, out, amap, bmap, xmap, rev, T, share):  # pragma: no cover
+    """Width-1 chains, each split across ``T`` threads (see the module notes)."""
     B = out.shape[0]
     L = b.shape[1]
-    c0 = int(f0 * L)
-    piece = -(-(L - c0) // T)
+    c, r = _pieces(L, T, share)
     P = np.ones((B, T))
     Y = np.zeros((B, T))
     X = np.zeros((B, T))
-    # pass 1: thread 0 runs the first c0 steps from x0; the others the pieces' transfers
+    # phase 1: thread 0 scans the head from x0; thread k the transfer of piece k - 1
     for k in prange(T):
         for i in range(B):
             if k == 0:
-                X[i, 0] = _w1_range(a, b, out, amap[i], bmap[i], i, 0, c0, rev, x0[xmap[i]])
+                X[i, 0] = _w1_range(a, b, out, amap[i], bmap[i], i, 0, c, rev, x0[xmap[i]])
             else:
-                for q in range(k - 1, T, T - 1):
-                    t0 = min(c0 + q * piece, L)
-                    t1 = min(t0 + piece, L)
-                    P[i, q], Y[i, q] = _w1_transfer(a, b, amap[i], bmap[i], t0, t1, rev)
-    # pass 2: the carries into every piece
+                t0 = c + (k - 1) * r
+                P[i, k - 1], Y[i, k - 1] = _w1_transfer(a, b, amap[i], bmap[i], t0, t0 + r,
+                                                        rev)
+    # the carries into every piece
     for i in range(B):
         for q in range(1, T):
             X[i, q] = P[i, q - 1] * X[i, q - 1] + Y[i, q - 1]
-    # pass 3: every piece rescanned from its true carry
+    # phase 2: every piece scanned from its true carry
     for q in prange(T):
-        t0 = min(c0 + q * piece, L)
-        t1 = min(t0 + piece, L)
+        t0 = c + q * r
+        t1 = L if q == T - 1 else t0 + r
         for i in range(B):
             _w1_range(a, b, out, amap[i], bmap[i], i, t0, t1, rev, X[i, q])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, fastmath=_FM, nogil=True)
 def _ew_range(A, sa, b, out, ia, ib, io, t0, t1, rev, x):  # pragma: no cover - compiled
     """Times ``t0 .. t1`` of ``w`` elementwise chains from ``x`` (float64, updated)."""
     L = b.shape[1]
@@ -294,7 +237,7 @@ def _ew_range(A, sa, b, out, ia, ib, io, t0, t1, rev, x):  # pragma: no cover - 
                 out[io, l, j] = v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, fastmath=_FM, nogil=True)
 def _ew_transfer(A, sa, b, ia, ib, t0, t1, rev, p, y):  # pragma: no cover - compiled
     """The affine map ``(p, y)`` (set in place) of times ``t0 .. t1`` of ``w`` chains."""
     L = b.shape[1]
@@ -313,7 +256,7 @@ def _ew_transfer(A, sa, b, ia, ib, t0, t1, rev, p, y):  # pragma: no cover - com
                     p[j] = 0.0
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, fastmath=_FM, nogil=True, parallel=True)
 def ew_batch(A, sa, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compiled
     """Elementwise chains (``A``: ``(BA, L, w or 1)``, ``sa`` 1 or 0), ``prange`` over batch."""
     L = b.shape[1]
@@ -325,14 +268,13 @@ def ew_batch(A, sa, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - co
         _ew_range(A, sa, b, out, amap[i], bmap[i], i, 0, L, rev, x)
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def ew_chunked(A, sa, b, x0, out, amap, bmap, xmap, rev, T, f0):  # pragma: no cover
-    """Elementwise chains, chunks of each chain across ``T`` threads."""
+@njit(cache=True, fastmath=_FM, nogil=True, parallel=True)
+def ew_chunked(A, sa, b, x0, out, amap, bmap, xmap, rev, T, share):  # pragma: no cover
+    """Elementwise chains, each split across ``T`` threads (as :func:`w1_chunked`)."""
     B = out.shape[0]
     L = b.shape[1]
     w = b.shape[2]
-    c0 = int(f0 * L)
-    piece = -(-(L - c0) // T)
+    c, r = _pieces(L, T, share)
     P = np.ones((B, T, w))
     Y = np.zeros((B, T, w))
     X = np.zeros((B, T, w))
@@ -342,27 +284,26 @@ def ew_chunked(A, sa, b, x0, out, amap, bmap, xmap, rev, T, f0):  # pragma: no c
                 x = np.empty(w, np.float64)
                 for j in range(w):
                     x[j] = x0[xmap[i], j]
-                _ew_range(A, sa, b, out, amap[i], bmap[i], i, 0, c0, rev, x)
+                _ew_range(A, sa, b, out, amap[i], bmap[i], i, 0, c, rev, x)
                 X[i, 0, :] = x
             else:
-                for q in range(k - 1, T, T - 1):
-                    t0 = min(c0 + q * piece, L)
-                    t1 = min(t0 + piece, L)
-                    _ew_transfer(A, sa, b, amap[i], bmap[i], t0, t1, rev, P[i, q], Y[i, q])
+                t0 = c + (k - 1) * r
+                _ew_transfer(A, sa, b, amap[i], bmap[i], t0, t0 + r, rev, P[i, k - 1],
+                             Y[i, k - 1])
     for i in range(B):
         for q in range(1, T):
             for j in range(w):
                 X[i, q, j] = P[i, q - 1, j] * X[i, q - 1, j] + Y[i, q - 1, j]
     for q in prange(T):
-        t0 = min(c0 + q * piece, L)
-        t1 = min(t0 + piece, L)
+        t0 = c + q * r
+        t1 = L if q == T - 1 else t0 + r
         x = np.empty(w, np.float64)
         for i in range(B):
             x[:] = X[i, q]
             _ew_range(A, sa, b, out, amap[i], bmap[i], i, t0, t1, rev, x)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, fastmath=_FM, nogil=True)
 def _dense_chain(A, b, out, ia, ib, io, rev, x, y):  # pragma: no cover - compiled
     """One chain of dense blocks from ``x`` (float64 scratch ``x``, ``y`` of length w)."""
     L = b.shape[1]
@@ -439,7 +380,7 @@ def _dense_chain(A, b, out, ia, ib, io, rev, x, y):  # pragma: no cover - compil
                 out[io, l, r] = y[r]
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, fastmath=_FM, nogil=True, parallel=True)
 def dense_batch(A, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compiled
     """Dense blocks ``(BA, L, w, w)``: one chain per batch element, ``prange`` over batch."""
     w = b.shape[2]
@@ -458,7 +399,7 @@ def dense_batch(A, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - com
 # a millisecond, or a batch of one, never starts one.
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, fastmath=_FM, nogil=True)
 def w1_serial(a, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compiled
     """:func:`w1_batch` on the calling thread."""
     L = b.shape[1]
@@ -466,7 +407,7 @@ def w1_serial(a, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compi
         _w1_range(a, b, out, amap[i], bmap[i], i, 0, L, rev, x0[xmap[i]])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, fastmath=_FM, nogil=True)
 def ew_serial(A, sa, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compiled
     """:func:`ew_batch` on the calling thread."""
     L = b.shape[1]
@@ -478,7 +419,7 @@ def ew_serial(A, sa, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - c
         _ew_range(A, sa, b, out, amap[i], bmap[i], i, 0, L, rev, x)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, fastmath=_FM, nogil=True)
 def dense_serial(A, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - compiled
     """:func:`dense_batch` on the calling thread."""
     w = b.shape[2]
@@ -492,12 +433,12 @@ def dense_serial(A, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - co
 
 #: Fewest multiply-adds (``B L w``, ``B L w^2`` for dense blocks) for which :func:`solve`
 #: spreads a batch over threads; below it, or with a batch of one, the kernel runs on the
-#: calling thread. Measured on the 2-core EPYC under load ~3-5 (one thread / ``prange``,
-#: min of 15): scalar B=8 L=2^15 0.44 / 5.4 ms; diagonal B=8 w=16 L=2^14 2.7 / 8.0 ms;
-#: dense B=8 w=16 L=4096 3.9 / 7.0 ms; scalar B=8 L=2^20 21 / 24 ms: a parallel region
-#: starts in ~10-30 us on an idle machine but waits milliseconds for a core on a busy one,
-#: so only work of ~10 ms and more (where two threads can save that much) is spread.
-PARALLEL_MIN_WORK = 1 << 23
+#: calling thread. Measured on the quiet 2-core EPYC (one thread / ``prange``, median of
+#: 21): scalar B=8 L=1024 (2^13) 0.018 / 0.015 ms, L=4096 0.047 / 0.031 ms; diagonal B=8
+#: w=16 L=256 (2^15) 0.019 / 0.013 ms, L=2^14 2.03 / 1.60 ms; dense B=8 w=16 L=1024 1.11 /
+#: 0.56 ms. A parallel region starts in ~10-30 us on an idle machine but waits for a core
+#: on a busy one (milliseconds under load ~5), so only work of ~50 us and more is spread.
+PARALLEL_MIN_WORK = 1 << 16
 
 
 def num_threads() -> int:
@@ -505,17 +446,28 @@ def num_threads() -> int:
     return int(numba.get_num_threads())
 
 
-#: Shortest chain (steps) that :func:`solve` splits across threads when the batch does not
-#: fill them (see the measurement in :func:`solve`).
-#: Measured on the 2-core EPYC (scalar, L = 2^22, float64, load ~3): chunked across two
-#: threads 31 ms, one thread per chain 19 ms (blocked) / 10.4 ms (plain loop): the memory
-#: bus, not the core, limits a pass on this machine (a NumPy pass runs as fast on one
-#: thread as on two), so chunking across threads is never chosen by default here.
-CHUNK_MIN_STEPS = 1 << 62
+#: Shortest width-1 chain (steps) that :func:`solve` splits across threads when the batch
+#: does not fill them. Measured on the quiet 2-core EPYC (scalar, float64, one thread /
+#: split, median of 21): L=2^14 0.027 / 0.029 ms, 2^16 0.085 / 0.073 ms, 2^18 0.33 / 0.26
+#: ms, 2^22 5.7 / 4.6 ms (the memory floor 3.9 ms).
+CHUNK_MIN_STEPS = 1 << 16
 
-#: Share of the steps that thread 0 runs directly from ``x0`` in the chunked scan while the
-#: other threads compute transfers (a transfer pass moves 2 of the loop's 3 streams).
-FIRST_SHARE = 0.45
+#: The same for elementwise chains of width ``w > 1``: never by default. Their ``w``
+#: independent chains already keep one core busy, so the split's extra pass over ``A`` and
+#: ``b`` is not repaid (diagonal w=4 L=2^18: 1.31 / 1.49 ms; w=16 L=2^18: 5.0 / 5.1 ms).
+CHUNK_MIN_STEPS_WIDE = 1 << 62
+
+
+def piece_share(T: int) -> float:
+    """Length of a phase-2 piece of the chunked scan, as a share of the chain.
+
+    Thread 0 scans the head (``1 - T s`` of the steps) while each other thread computes
+    one piece's transfer; then all ``T`` scan one piece each. A transfer runs ~1.7x faster
+    than the scan (no store, 4 independent chains), which balances phase 1 at
+    ``s = 1 / (T + 1.7)``; measured on the 2-core EPYC (scalar ``L = 2^22``), 0.25-0.30
+    were equally fast and 0.2 and 0.35 slower.
+    """
+    return 1.0 / (T + 1.7)
 
 
 @functools.lru_cache(maxsize=64)
@@ -560,7 +512,7 @@ def solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
     """
     L, w = int(b.shape[-2]), int(b.shape[-1])
     B = math.prod(batch)
-    out = np.empty((B, L, w), dtype=work)
+    out = buffers.empty((B, L, w), work)
     if B == 0 or L == 0:
         return out.reshape(*batch, L, w)
     abatch = tuple(A.shape[: A.ndim - 1 - block_ndim])
@@ -575,7 +527,7 @@ def solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
     amap, bmap, xmap = _row_map(abatch, batch), _row_map(bb, batch), _row_map(xb, batch)
     T = num_threads()
     if chunk_threads is None:
-        chunk_threads = B < T and L >= CHUNK_MIN_STEPS
+        chunk_threads = B < T and L >= (CHUNK_MIN_STEPS if w == 1 else CHUNK_MIN_STEPS_WIDE)
     chunk_threads = chunk_threads and block_ndim < 2 and T > 1
     rev = bool(reverse)
     work_size = B * L * w * (w if block_ndim == 2 else 1)
@@ -585,14 +537,14 @@ def solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
     elif w == 1:
         a2, b2, o2, x2 = A.reshape(-1, L), b.reshape(-1, L), out.reshape(B, L), x0.reshape(-1)
         if chunk_threads:
-            w1_chunked(a2, b2, x2, o2, amap, bmap, xmap, rev, T, FIRST_SHARE)
+            w1_chunked(a2, b2, x2, o2, amap, bmap, xmap, rev, T, piece_share(T))
         else:
             (w1_batch if parallel else w1_serial)(a2, b2, x2, o2, amap, bmap, xmap, rev)
     else:
         A3 = A.reshape(-1, L, 1) if block_ndim == 0 else A
         sa = 0 if block_ndim == 0 else 1
         if chunk_threads:
-            ew_chunked(A3, sa, b, x0, out, amap, bmap, xmap, rev, T, FIRST_SHARE)
+            ew_chunked(A3, sa, b, x0, out, amap, bmap, xmap, rev, T, piece_share(T))
         else:
             (ew_batch if parallel else ew_serial)(A3, sa, b, x0, out, amap, bmap, xmap, rev)
     return out.reshape(*batch, L, w)

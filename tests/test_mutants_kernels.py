@@ -3,8 +3,9 @@
 Kills host-code mutants of ``scripts/mutation.py`` in ``backends/numba_kernels.py`` that
 every answer test misses because all the kernels are exact: the documented dispatch
 (``chunk_threads``: by default the chunked scan across threads runs when the batch has
-fewer elements than threads and chains are at least ``CHUNK_MIN_STEPS`` long,
-elementwise blocks only, more than one thread) is observed by wrapping the kernels.
+fewer elements than threads and chains are at least ``CHUNK_MIN_STEPS`` long for width-1
+chains, ``CHUNK_MIN_STEPS_WIDE`` for wider elementwise ones, never for dense blocks, more
+than one thread) is observed by wrapping the kernels.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def test_default_dispatch_chunks_only_long_chains_of_a_small_batch(rng, calls, m
     T = numba_kernels.num_threads()
     L = 40
     monkeypatch.setattr(numba_kernels, "CHUNK_MIN_STEPS", L)  # this length is long enough
+    monkeypatch.setattr(numba_kernels, "CHUNK_MIN_STEPS_WIDE", L)
     for batch, L_run in (((1,), L), ((1,), L - 1), ((max(T, 1),), L)):
         calls.clear()
         A, b, x0 = system(rng, structure, batch, L_run, w)
@@ -84,8 +86,17 @@ def test_forced_dispatch(rng, calls, structure, w, family, force):
     assert len(calls) == 1 and calls[0] in expected(family, chunk), calls
 
 
-def test_default_never_chunks_at_the_shipped_threshold(rng, calls):
-    A, b, x0 = system(rng, "scalar", (1,), 64, 1)
-    numba_kernels.solve(A, b, x0, 0, False, (1,), np.dtype("float64"))
-    assert len(calls) == 1 and calls[0] in expected("w1", False)
-    assert numba_kernels.CHUNK_MIN_STEPS > 1 << 40  # measured: chunking never pays here
+@pytest.mark.parametrize("structure,w,family", CASES)
+def test_shipped_thresholds(rng, calls, structure, w, family):
+    # width-1 chains split from CHUNK_MIN_STEPS steps; wider ones and dense blocks never
+    T = numba_kernels.num_threads()
+    L = numba_kernels.CHUNK_MIN_STEPS
+    assert numba_kernels.CHUNK_MIN_STEPS_WIDE > 1 << 40  # measured: never pays here
+    for L_run in (L - 1, L):
+        calls.clear()
+        A, b, x0 = system(rng, structure, (1,), L_run, w)
+        x = numba_kernels.solve(A, b, x0, NDIM[structure], False, (1,), np.dtype("float64"))
+        np.testing.assert_allclose(x, reference_solve(A, b, x0, structure), rtol=1e-10,
+                                   atol=1e-10)
+        chunk = family == "w1" and T > 1 and L_run >= L
+        assert len(calls) == 1 and calls[0] in expected(family, chunk), (L_run, calls)

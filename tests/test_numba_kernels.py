@@ -61,9 +61,9 @@ def test_one_thread_and_parallel_batch_kernels_agree(rng, monkeypatch, structure
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("chunk", [False, True], ids=["batch", "chunked"])
 @pytest.mark.parametrize("case", ["near_one", "growth", "contracting"])
-def test_long_width_one_chains_blocked_scan(rng, case, chunk, reverse):
-    # long enough for several cache blocks of the interleaved width-1 scan plus tails
-    L = 2 * 4 * numba_kernels.SUB + 4 * numba_kernels.SUB_MIN + 13  # odd
+def test_long_width_one_chains_split_scan(rng, case, chunk, reverse):
+    # long enough that the 4-way transfer of a piece realigns its streams, plus tails
+    L = 8 * (512 + numba_kernels.SUB_ALIGN) * 4 + 13  # odd
     if case == "near_one":  # running products do not decay: a naive fix-up goes wrong
         A = np.where(rng.random((1, L)) < 0.5, -1.0, 1.0) * (1 - 1e-9)
     elif case == "growth":  # |a| > 1 over short stretches, bounded overall

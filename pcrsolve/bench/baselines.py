@@ -166,13 +166,17 @@ _NUMBA: dict[str, Any] = {}
 
 
 def _numba_linear_kernel(structure: str) -> Any:
-    """The jitted loop for ``structure`` (compiled lazily, once per process and dtype)."""
+    """The jitted loop for ``structure`` (compiled lazily, once per process and dtype).
+
+    ``fastmath=True``: the fastest loop a user gets from numba (fused multiply-adds halve
+    the latency of a width-1 chain's step).
+    """
     if structure in _NUMBA:
         return _NUMBA[structure]
     import numba
 
     if structure == "dense":
-        @numba.njit(cache=False)
+        @numba.njit(cache=False, fastmath=True)
         def kernel(A, b, x0, out, reverse):  # pragma: no cover - compiled
             B, L, w = b.shape
             for i in range(B):
@@ -189,7 +193,7 @@ def _numba_linear_kernel(structure: str) -> Any:
                         x[r] = y[r]
                         out[i, l, r] = y[r]
     elif structure == "diagonal":
-        @numba.njit(cache=False)
+        @numba.njit(cache=False, fastmath=True)
         def kernel(A, b, x0, out, reverse):  # pragma: no cover - compiled
             # a width-1 chain keeps its state in a register; wider states run their w
             # independent chains in the inner loop (contiguous, vectorised), as one would
@@ -211,7 +215,7 @@ def _numba_linear_kernel(structure: str) -> Any:
                         x[j] = A[i, l, j] * x[j] + b[i, l, j]
                         out[i, l, j] = x[j]
     else:
-        @numba.njit(cache=False)
+        @numba.njit(cache=False, fastmath=True)
         def kernel(A, b, x0, out, reverse):  # pragma: no cover - compiled
             B, L, w = b.shape
             for i in range(B):
@@ -236,9 +240,9 @@ def _numba_linear_kernel(structure: str) -> Any:
 def _numba_linear(A: np.ndarray, b: np.ndarray, x0: np.ndarray, structure: str,
                   reverse: bool) -> Callable[[], np.ndarray]:
     kernel = _numba_linear_kernel(structure)
+    out = np.empty(b.shape, dtype=b.dtype)  # reused, as a lean loop would (no page faults)
 
     def run() -> np.ndarray:
-        out = np.empty(b.shape, dtype=b.dtype)
         kernel(A, b, x0, out, reverse)
         return out
 
