@@ -19,7 +19,7 @@ float32 system is at least as accurate as its float32 loop):
   otherwise (width-1 chains from :data:`CHUNK_MIN_STEPS` steps) a pipelined split of each
   chain across the ``T`` threads. Phase 1: thread 0 scans the head (the first
   ``1 - T s`` of the steps, :func:`piece_share`) directly from ``x0`` while each other
-  thread computes the affine transfer ``(p, y)`` of one of the next pieces (4 interleaved
+  thread computes the affine transfer ``(p, y)`` of one of the next pieces (8 interleaved
   multiply-add chains, so bound by memory). The pieces' carries are composed. Phase 2:
   all ``T`` threads scan one piece each from its true carry. Only ``(T - 1) s`` of the
   steps are read twice, and the head needs no transfer at all. Elementwise chains with
@@ -46,8 +46,9 @@ from numba import njit, prange
 
 from . import buffers
 
-__all__ = ["dense_batch", "dense_serial", "ew_batch", "ew_chunked", "ew_serial", "num_threads",
-           "solve", "w1_batch", "w1_chunked", "w1_serial"]
+__all__ = ["dense_batch", "dense_serial", "dense_summary", "ew_batch", "ew_chunked", "ew_decay",
+           "ew_serial", "ew_summary", "num_threads", "scan_decay", "solve", "summary",
+           "w1_batch", "w1_chunked", "w1_decay", "w1_serial", "w1_summary"]
 
 #: LLVM fast-math flags of every kernel: only ``contract``, which fuses ``a * x + b`` into
 #: one fused multiply-add (one rounding instead of two, so at least as accurate). A chain's
@@ -92,47 +93,59 @@ def _w1_range(a, b, out, ia, ib, io, t0, t1, rev, x):  # pragma: no cover - comp
 
 @njit(cache=True, fastmath=_FM, nogil=True)
 def _w1_transfer(a, b, ia, ib, t0, t1, rev):  # pragma: no cover - compiled
-    """The affine map ``(p, y)`` of times ``t0 .. t1`` of one width-1 chain (4-way ILP).
+    """The affine map ``(p, y)`` of times ``t0 .. t1`` of one width-1 chain (8-way ILP).
 
-    The steps are cut into 4 pieces whose transfers run interleaved (4 independent
-    multiply-add chains, so the pass is bound by memory, not by latency), then composed.
+    The steps are cut into 8 pieces whose transfers run interleaved (8 independent
+    multiply-add chains, so the pass is bound by memory, not by latency: 2^21 steps on the
+    2-core EPYC, 1.42 ms against 1.69 ms with 4 pieces and ~1 ms to read ``a`` and ``b``),
+    then composed. Products are flushed to zero below ``TINY`` every 256 steps (a
+    decaying product crosses the slow subnormal range within a few dozen steps).
     """
     L = b.shape[1]
     ar, br = a[ia], b[ib]
     n = t1 - t0
-    m = n // 4
+    m = n // 8
     if m > 512 + SUB_ALIGN:
         m -= (m - SUB_ALIGN) % 512
     # step index of piece k at offset t: base + d * (t0 + k m + t), unsigned
     base = np.uint64(L - 1 - t0) if rev else np.uint64(t0)
     um = np.uint64(m)
-    p0 = p1 = p2 = p3 = 1.0
-    y0 = y1 = y2 = y3 = 0.0
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 1.0
+    y0 = y1 = y2 = y3 = y4 = y5 = y6 = y7 = 0.0
     for t in range(m):
-        ut = np.uint64(t)
-        if rev:
-            i0 = base - ut
-            i1 = i0 - um
-            i2 = i1 - um
-            i3 = i2 - um
-        else:
-            i0 = base + ut
-            i1 = i0 + um
-            i2 = i1 + um
-            i3 = i2 + um
-        u = np.float64(ar[i0])
-        y0 = u * y0 + br[i0]
+        i = base - np.uint64(t) if rev else base + np.uint64(t)
+        u = np.float64(ar[i])
+        y0 = u * y0 + br[i]
         p0 *= u
-        u = np.float64(ar[i1])
-        y1 = u * y1 + br[i1]
+        i = i - um if rev else i + um
+        u = np.float64(ar[i])
+        y1 = u * y1 + br[i]
         p1 *= u
-        u = np.float64(ar[i2])
-        y2 = u * y2 + br[i2]
+        i = i - um if rev else i + um
+        u = np.float64(ar[i])
+        y2 = u * y2 + br[i]
         p2 *= u
-        u = np.float64(ar[i3])
-        y3 = u * y3 + br[i3]
+        i = i - um if rev else i + um
+        u = np.float64(ar[i])
+        y3 = u * y3 + br[i]
         p3 *= u
-        if (t & 31) == 31:
+        i = i - um if rev else i + um
+        u = np.float64(ar[i])
+        y4 = u * y4 + br[i]
+        p4 *= u
+        i = i - um if rev else i + um
+        u = np.float64(ar[i])
+        y5 = u * y5 + br[i]
+        p5 *= u
+        i = i - um if rev else i + um
+        u = np.float64(ar[i])
+        y6 = u * y6 + br[i]
+        p6 *= u
+        i = i - um if rev else i + um
+        u = np.float64(ar[i])
+        y7 = u * y7 + br[i]
+        p7 *= u
+        if (t & 255) == 255:
             if abs(p0) < TINY:
                 p0 = 0.0
             if abs(p1) < TINY:
@@ -141,7 +154,15 @@ def _w1_transfer(a, b, ia, ib, t0, t1, rev):  # pragma: no cover - compiled
                 p2 = 0.0
             if abs(p3) < TINY:
                 p3 = 0.0
-    # compose the four pieces, then the tail
+            if abs(p4) < TINY:
+                p4 = 0.0
+            if abs(p5) < TINY:
+                p5 = 0.0
+            if abs(p6) < TINY:
+                p6 = 0.0
+            if abs(p7) < TINY:
+                p7 = 0.0
+    # compose the eight pieces, then the tail
     y = y0
     p = p0
     y = p1 * y + y1
@@ -150,7 +171,15 @@ def _w1_transfer(a, b, ia, ib, t0, t1, rev):  # pragma: no cover - compiled
     p = p2 * p
     y = p3 * y + y3
     p = p3 * p
-    for t in range(t0 + 4 * m, t1):
+    y = p4 * y + y4
+    p = p4 * p
+    y = p5 * y + y5
+    p = p5 * p
+    y = p6 * y + y6
+    p = p6 * p
+    y = p7 * y + y7
+    p = p7 * p
+    for t in range(t0 + 8 * m, t1):
         i = np.uint64(L - 1 - t) if rev else np.uint64(t)
         u = np.float64(ar[i])
         y = u * y + br[i]
@@ -392,6 +421,158 @@ def dense_batch(A, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - com
         _dense_chain(A, b, out, amap[i], bmap[i], i, rev, x, y)
 
 
+# -- segment summaries (the reduce pass of a distributed solve) ---------------------------
+
+
+@njit(cache=True, fastmath=_FM, nogil=True)
+def w1_summary(a, b, x0, amap, bmap, xmap, P_out, y_out):  # pragma: no cover - compiled
+    """Each width-1 chain's map ``x_L = p x_0 + y``: ``P_out[i] = p``, ``y_out[i] = x_L``."""
+    L = b.shape[1]
+    for i in range(P_out.shape[0]):
+        p, y = _w1_transfer(a, b, amap[i], bmap[i], 0, L, False)
+        P_out[i] = p
+        y_out[i] = p * x0[xmap[i]] + y
+
+
+@njit(cache=True, fastmath=_FM, nogil=True)
+def ew_summary(A, sa, b, x0, amap, bmap, xmap, P_out, y_out):  # pragma: no cover
+    """:func:`w1_summary` for ``w`` elementwise chains: ``P_out``, ``y_out`` ``(B, w)``."""
+    w = b.shape[2]
+    L = b.shape[1]
+    for i in range(P_out.shape[0]):
+        _ew_transfer(A, sa, b, amap[i], bmap[i], 0, L, False, P_out[i], y_out[i])
+        for j in range(w):
+            y_out[i, j] = P_out[i, j] * x0[xmap[i], j] + y_out[i, j]
+
+
+@njit(cache=True, fastmath=_FM, nogil=True)
+def dense_summary(A, b, x0, amap, bmap, xmap, want_A, P_out, y_out):  # pragma: no cover
+    """Dense blocks: ``y_out[i]`` the last state from ``x0``; ``P_out[i] = A_L ... A_1``
+    (``(B, w, w)``) if ``want_A`` (``w^3`` per step: only when a rank needs it)."""
+    L, w = b.shape[1], b.shape[2]
+    y = np.empty(w)
+    t = np.empty(w)
+    P = np.empty((w, w))
+    Q = np.empty((w, w))
+    for i in range(y_out.shape[0]):
+        ia, ib = amap[i], bmap[i]
+        for k in range(w):
+            y[k] = x0[xmap[i], k]
+        if want_A:
+            for r in range(w):
+                for k in range(w):
+                    P[r, k] = 1.0 if r == k else 0.0
+        for l in range(L):
+            for r in range(w):
+                acc = np.float64(b[ib, l, r])
+                for k in range(w):
+                    acc += A[ia, l, r, k] * y[k]
+                t[r] = acc
+            for r in range(w):
+                y[r] = t[r]
+            if want_A:
+                for r in range(w):
+                    for c in range(w):
+                        acc = 0.0
+                        for k in range(w):
+                            acc += A[ia, l, r, k] * P[k, c]
+                        Q[r, c] = acc
+                for r in range(w):
+                    for c in range(w):
+                        P[r, c] = Q[r, c]
+        for k in range(w):
+            y_out[i, k] = y[k]
+        if want_A:
+            for r in range(w):
+                for c in range(w):
+                    P_out[i, r, c] = P[r, c]
+
+
+# -- a segment scanned from zero while its influence decays (distributed solves) ----------
+# A rank that does not know the state entering its segment yet scans it from a zero state,
+# tracking the product p_l = a_l ... a_1 of its blocks. Once |p_l| < TINY (after K steps),
+# the entering state z changes the later states by p_l z: nothing, to far below the
+# rounding of any state (the same bound as the flushed carries of the chunked scan), so
+# they are final. When z arrives, only the first K steps are scanned again. A segment
+# whose product has not decayed within ``budget`` steps computes the rest as a read-only
+# transfer (its states are rescanned in full later: K = L).
+
+
+@njit(cache=True, fastmath=_FM, nogil=True)
+def _w1_decay(a, b, out, ia, ib, io, rev, budget):  # pragma: no cover - compiled
+    """One width-1 chain from zero: returns ``(p, y, K)`` (see the notes above)."""
+    L = b.shape[1]
+    ar, br, orow = a[ia], b[ib], out[io]
+    x = 0.0
+    p = 1.0
+    t = 0
+    while t < budget:
+        i = np.uint64(L - 1 - t) if rev else np.uint64(t)
+        u = np.float64(ar[i])
+        x = u * x + br[i]
+        orow[i] = x
+        p *= u
+        t += 1
+        if abs(p) < TINY:
+            x = _w1_range(a, b, out, ia, ib, io, t, L, rev, x)
+            return 0.0, x, t
+    p2, y2 = _w1_transfer(a, b, ia, ib, t, L, rev)
+    return p2 * p, p2 * x + y2, L
+
+
+@njit(cache=True, fastmath=_FM, nogil=True)
+def w1_decay(a, b, out, amap, bmap, rev, budget, P_out, y_out):  # pragma: no cover
+    """:func:`_w1_decay` per batch element; returns the largest ``K``."""
+    K = 0
+    for i in range(out.shape[0]):
+        P_out[i], y_out[i], k = _w1_decay(a, b, out, amap[i], bmap[i], i, rev, budget)
+        K = max(K, k)
+    return K
+
+
+@njit(cache=True, fastmath=_FM, nogil=True)
+def ew_decay(A, sa, b, out, amap, bmap, rev, budget, P_out, y_out):  # pragma: no cover
+    """:func:`w1_decay` for ``w`` elementwise chains (decayed once all ``w`` products are)."""
+    L = b.shape[1]
+    w = b.shape[2]
+    p2 = np.empty(w)
+    y2 = np.empty(w)
+    K = 0
+    for i in range(out.shape[0]):
+        ia, ib = amap[i], bmap[i]
+        p, x = P_out[i], y_out[i]
+        p[:] = 1.0
+        x[:] = 0.0
+        t = 0
+        decayed = False
+        while t < budget and not decayed:
+            l = L - 1 - t if rev else t
+            for j in range(w):
+                u = np.float64(A[ia, l, j * sa])
+                v = u * x[j] + b[ib, l, j]
+                x[j] = v
+                out[i, l, j] = v
+                p[j] *= u
+            t += 1
+            if (t & 31) == 0:
+                decayed = True
+                for j in range(w):
+                    if abs(p[j]) < TINY:
+                        p[j] = 0.0
+                    else:
+                        decayed = False
+        if decayed:
+            _ew_range(A, sa, b, out, ia, ib, i, t, L, rev, x)
+            K = max(K, t)
+        else:
+            _ew_transfer(A, sa, b, ia, ib, t, L, rev, p2, y2)
+            for j in range(w):
+                x[j] = p2[j] * x[j] + y2[j]
+                p[j] = p2[j] * p[j]
+            K = L
+    return K
+
+
 # One-thread variants of the batch kernels: the same loops without a parallel region. A
 # parallel region costs ~10-30 us to start on an idle machine and milliseconds on a loaded
 # one (its worker threads wait for a core: 7-16 ms measured under load ~5 on the 2-core
@@ -483,6 +664,23 @@ def _row_map(shape: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _flatten(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
+             batch: tuple[int, ...], work: np.dtype) -> tuple[np.ndarray, ...]:
+    """Contiguous ``(BA, L, *block)``, ``(Bb, L, w)``, ``(Bx, w)`` arrays of dtype ``work``
+    and each batch element's row in them (broadcasting without copies)."""
+    L, w = int(b.shape[-2]), int(b.shape[-1])
+    abatch = tuple(A.shape[: A.ndim - 1 - block_ndim])
+    A = np.ascontiguousarray(A, dtype=work).reshape(-1, L, *A.shape[A.ndim - block_ndim:])
+    bb = tuple(b.shape[:-2])
+    b = np.ascontiguousarray(b, dtype=work).reshape(-1, L, w)
+    if x0 is None:
+        x0, xb = np.zeros((1, w), dtype=work), ()
+    else:
+        xb = tuple(x0.shape[:-1])
+        x0 = np.ascontiguousarray(x0, dtype=work).reshape(-1, w)
+    return A, b, x0, _row_map(abatch, batch), _row_map(bb, batch), _row_map(xb, batch)
+
+
 def solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
           reverse: bool, batch: tuple[int, ...], work: np.dtype,
           chunk_threads: bool | None = None) -> np.ndarray:
@@ -515,16 +713,7 @@ def solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
     out = buffers.empty((B, L, w), work)
     if B == 0 or L == 0:
         return out.reshape(*batch, L, w)
-    abatch = tuple(A.shape[: A.ndim - 1 - block_ndim])
-    A = np.ascontiguousarray(A, dtype=work).reshape(-1, L, *A.shape[A.ndim - block_ndim:])
-    bb = tuple(b.shape[:-2])
-    b = np.ascontiguousarray(b, dtype=work).reshape(-1, L, w)
-    if x0 is None:
-        x0, xb = np.zeros((1, w), dtype=work), ()
-    else:
-        xb = tuple(x0.shape[:-1])
-        x0 = np.ascontiguousarray(x0, dtype=work).reshape(-1, w)
-    amap, bmap, xmap = _row_map(abatch, batch), _row_map(bb, batch), _row_map(xb, batch)
+    A, b, x0, amap, bmap, xmap = _flatten(A, b, x0, block_ndim, batch, work)
     T = num_threads()
     if chunk_threads is None:
         chunk_threads = B < T and L >= (CHUNK_MIN_STEPS if w == 1 else CHUNK_MIN_STEPS_WIDE)
@@ -548,3 +737,115 @@ def solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
         else:
             (ew_batch if parallel else ew_serial)(A3, sa, b, x0, out, amap, bmap, xmap, rev)
     return out.reshape(*batch, L, w)
+
+
+def summary(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: int,
+            batch: tuple[int, ...], want_A: bool, work: np.dtype
+            ) -> tuple[np.ndarray | None, np.ndarray]:
+    """The affine map of a whole forward chain: ``x_L = A_seg x_0 + b_seg``.
+
+    One read-only pass (the *reduce* pass of :mod:`pcrsolve.distributed`): elementwise
+    chains run as four interleaved pieces (bound by memory, not by the latency of a step),
+    dense blocks form ``A_seg`` only if asked (``w^3`` per step).
+
+    Parameters
+    ----------
+    A : np.ndarray, shape (..., L, w, w) / (..., L, w) / (..., L)
+    b : np.ndarray, shape (..., L, w), ``L >= 1``
+    x0 : np.ndarray of shape (..., w), or None (zero)
+        ``b_seg`` is the last state from ``x0``.
+    block_ndim : int
+    batch : tuple of int
+    want_A : bool
+        Whether ``A_seg`` is wanted (None is returned otherwise).
+    work : np.dtype
+        float32 or float64: the dtype the inputs are read in (sums accumulate in float64).
+
+    Returns
+    -------
+    A_seg : np.ndarray of shape (*batch, *block), float64, or None
+    b_seg : np.ndarray, shape (*batch, w), float64
+    """
+    w = int(b.shape[-1])
+    B = math.prod(batch)
+    A, b, x0, amap, bmap, xmap = _flatten(A, b, x0, block_ndim, batch, work)
+    y_out = np.empty((B, w))
+    if block_ndim == 2:
+        P_out = np.empty((B, w, w))
+        dense_summary(A, b, x0, amap, bmap, xmap, want_A, P_out, y_out)
+    elif w == 1:
+        P_out = np.empty(B)
+        w1_summary(A.reshape(-1, b.shape[1]), b.reshape(-1, b.shape[1]), x0.reshape(-1),
+                   amap, bmap, xmap, P_out, y_out.reshape(-1))
+        P_out = P_out.reshape(B, 1) if block_ndim == 1 else P_out
+    else:
+        P_out = np.empty((B, w))
+        A3 = A.reshape(-1, b.shape[1], 1) if block_ndim == 0 else A
+        ew_summary(A3, 0 if block_ndim == 0 else 1, b, x0, amap, bmap, xmap, P_out, y_out)
+        P_out = P_out[:, 0] if block_ndim == 0 else P_out
+    if not want_A:
+        return None, y_out.reshape(*batch, w)
+    return P_out.reshape(*batch, *P_out.shape[1:]), y_out.reshape(*batch, w)
+
+
+#: Share of a segment that :func:`scan_decay` scans from zero before it gives up waiting for
+#: the product to decay and computes the rest as a read-only transfer.
+DECAY_BUDGET = 0.25
+
+
+def scan_decay(A: np.ndarray, b: np.ndarray, block_ndim: int, reverse: bool,
+               batch: tuple[int, ...], work: np.dtype, budget: float = DECAY_BUDGET
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Scan elementwise chains from a zero state while the entering state's influence decays.
+
+    The first pass of a distributed solve on a rank that does not know its entering state
+    yet (see the notes above :func:`w1_decay`): its states from step ``K`` on are final;
+    :func:`solve` on the first ``K`` steps from the true entering state completes them.
+
+    Parameters
+    ----------
+    A : np.ndarray, shape (..., L, w) / (..., L)
+        Diagonal or scalar blocks (``block_ndim`` 1 or 0), ``L >= 1``.
+    b : np.ndarray, shape (..., L, w)
+    block_ndim : int
+    reverse : bool
+        Steps run from the last to the first (then "the first ``K`` steps" are the last
+        ``K`` indices).
+    batch : tuple of int
+    work : np.dtype
+        float32 or float64 (states accumulate in float64).
+    budget : float, optional
+        Share of the steps scanned before the pass falls back to a transfer.
+
+    Returns
+    -------
+    x : np.ndarray, shape (*batch, L, w), dtype ``work``
+        The states from a zero entering state.
+    A_seg : np.ndarray, shape (*batch, w) / (*batch), float64
+        The product of all blocks (zero once it fell below ``TINY``).
+    b_seg : np.ndarray, shape (*batch, w), float64
+        The last state from zero.
+    K : int
+        Steps (from the chain's start) whose states still depend on the entering state.
+    """
+    if block_ndim == 2:
+        raise ValueError("scan_decay takes diagonal or scalar blocks (block_ndim 0 or 1)")
+    L, w = int(b.shape[-2]), int(b.shape[-1])
+    B = math.prod(batch)
+    out = buffers.empty((B, L, w), work)
+    A, b, _, amap, bmap, _ = _flatten(A, b, None, block_ndim, batch, work)
+    n = max(1, min(L, int(budget * L)))
+    rev = bool(reverse)
+    if w == 1:
+        P_out, y_out = np.empty(B), np.empty(B)
+        K = w1_decay(A.reshape(-1, L), b.reshape(-1, L), out.reshape(B, L), amap, bmap, rev,
+                     n, P_out, y_out)
+        P_out = P_out.reshape(B, 1) if block_ndim == 1 else P_out
+    else:
+        P_out, y_out = np.empty((B, w)), np.empty((B, w))
+        A3 = A.reshape(-1, L, 1) if block_ndim == 0 else A
+        K = ew_decay(A3, 0 if block_ndim == 0 else 1, b, out, amap, bmap, rev, n, P_out,
+                     y_out)
+        P_out = P_out[:, 0] if block_ndim == 0 else P_out
+    return (out.reshape(*batch, L, w), P_out.reshape(*batch, *P_out.shape[1:]),
+            y_out.reshape(*batch, w), int(K))

@@ -94,6 +94,22 @@ class TorchCommunicator:
         self._stop(t0, x, (self.size - 1) * x.numel() * x.element_size())
         return out
 
+    def all_gather_start(self, x: torch.Tensor) -> Any:
+        """:meth:`all_gather` in the background: returns ``finish()``, which waits for it
+        and returns the result (only the wait counts as communication time)."""
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        work = dist.all_gather(parts, x, group=self.group, async_op=True)
+
+        def finish() -> torch.Tensor:
+            t0 = self._start(x)
+            work.wait()
+            out = torch.stack(parts)
+            self._stop(t0, x, (self.size - 1) * x.numel() * x.element_size())
+            return out
+
+        return finish
+
     def all_reduce_max(self, x: torch.Tensor) -> torch.Tensor:
         """Elementwise maximum over ranks."""
         y = x.clone().contiguous()
@@ -480,107 +496,6 @@ class DistributedParallelSequential(nn.Module):
 # the segment once per pass. They are the same arithmetic as the generic path (tests compare
 # them) and are used only where they apply: CPU tensors, float32/float64, nothing that
 # requires grad, numba installed (and not switched off by PCRSOLVE_NO_NUMBA=1).
-_REDUCE: dict[str, Any] = {}
-
-
-def _reduce_kernels() -> dict[str, Any]:
-    """``{"dense": ..., "elementwise": ...}``, compiled on first use."""
-    if _REDUCE:
-        return _REDUCE
-    import numpy as np
-    from numba import njit
-
-    @njit(cache=True, nogil=True)
-    def dense(A, amap, b, bmap, x0, xmap, want_A, A_out, b_out):  # pragma: no cover
-        # per batch element i: y = A_n (... (A_1 x0 + b_1) ...) + b_n and P = A_n ... A_1
-        B, n, w = b_out.shape[0], b.shape[1], b.shape[2]
-        y = np.empty(w)
-        t = np.empty(w)
-        P = np.empty((w, w))
-        Q = np.empty((w, w))
-        for i in range(B):
-            ia, ib = amap[i], bmap[i]
-            for k in range(w):
-                y[k] = x0[xmap[i], k]
-            if want_A:
-                for r in range(w):
-                    for k in range(w):
-                        P[r, k] = 1.0 if r == k else 0.0
-            for l in range(n):
-                for r in range(w):
-                    acc = b[ib, l, r]
-                    for k in range(w):
-                        acc += A[ia, l, r, k] * y[k]
-                    t[r] = acc
-                for r in range(w):
-                    y[r] = t[r]
-                if want_A:
-                    for r in range(w):
-                        for c in range(w):
-                            acc = 0.0
-                            for k in range(w):
-                                acc += A[ia, l, r, k] * P[k, c]
-                            Q[r, c] = acc
-                    for r in range(w):
-                        for c in range(w):
-                            P[r, c] = Q[r, c]
-            for k in range(w):
-                b_out[i, k] = y[k]
-            if want_A:
-                for r in range(w):
-                    for c in range(w):
-                        A_out[i, r, c] = P[r, c]
-
-    @njit(cache=True, nogil=True)
-    def elementwise(A, amap, b, bmap, x0, xmap, want_A, A_out, b_out):  # pragma: no cover
-        # A: (BA, n, 1) scalar blocks or (BA, n, w) diagonal ones. Each chain runs as four
-        # quarters in lockstep (four independent dependency chains: the pass is limited by
-        # memory, not by the latency of y = a y + b), then the quarters are composed.
-        B, n, w = b_out.shape[0], b.shape[1], b.shape[2]
-        wa = A.shape[2]
-        m = n // 4
-        for i in range(B):
-            ia, ib = amap[i], bmap[i]
-            for k in range(w):
-                ka = k if wa > 1 else 0
-                y0 = y1 = y2 = y3 = 0.0
-                p0 = p1 = p2 = p3 = 1.0
-                for l in range(m):
-                    a0 = A[ia, l, ka]
-                    a1 = A[ia, l + m, ka]
-                    a2 = A[ia, l + 2 * m, ka]
-                    a3 = A[ia, l + 3 * m, ka]
-                    y0 = a0 * y0 + b[ib, l, k]
-                    y1 = a1 * y1 + b[ib, l + m, k]
-                    y2 = a2 * y2 + b[ib, l + 2 * m, k]
-                    y3 = a3 * y3 + b[ib, l + 3 * m, k]
-                    p0 *= a0
-                    p1 *= a1
-                    p2 *= a2
-                    p3 *= a3
-                for l in range(4 * m, n):
-                    a3 = A[ia, l, ka]
-                    y3 = a3 * y3 + b[ib, l, k]
-                    p3 *= a3
-                y = x0[xmap[i], k]
-                y = p3 * (p2 * (p1 * (p0 * y + y0) + y1) + y2) + y3
-                b_out[i, k] = y
-                if want_A and k < wa:
-                    A_out[i, k] = p3 * p2 * p1 * p0
-
-    _REDUCE.update(dense=dense, elementwise=elementwise)
-    return _REDUCE
-
-
-def _rows(shape: tuple[int, ...], batch: tuple[int, ...]) -> Any:
-    """For each element of ``batch`` (C order), its row in an array of batch ``shape``."""
-    import numpy as np
-
-    n = int(np.prod(shape, dtype=np.int64))
-    rows = np.arange(n, dtype=np.intp).reshape((1,) * (len(batch) - len(shape)) + shape)
-    return np.ascontiguousarray(np.broadcast_to(rows, batch).reshape(-1))
-
-
 class _CpuKernels:
     """The compiled reduce and solve passes (see above); each returns None where it does
     not apply, and the caller takes the generic path."""
@@ -601,41 +516,19 @@ class _CpuKernels:
 
         ``A_seg`` is ``A_n ... A_1`` (shape ``(*batch, *block)``) if ``want_A``, else None.
         """
-        import numpy as np
-
         if not self.applies(A, b, x0):
             return None
-        n, w = int(b.shape[-2]), int(b.shape[-1])
-        B = int(np.prod(batch, dtype=np.int64))
+        import numpy as np
+
+        from . import numba_kernels
+
         work = b.dtype
-        a_np = A.detach().to(work).contiguous().numpy()
-        abatch = tuple(a_np.shape[:a_np.ndim - 1 - block_ndim])
-        a_np = a_np.reshape(-1, n, *a_np.shape[a_np.ndim - block_ndim:])
-        b_np = b.detach().contiguous().numpy()
-        bbatch = tuple(b_np.shape[:-2])
-        b_np = b_np.reshape(-1, n, w)
-        if x0 is None:
-            x_np, xbatch = np.zeros((1, w), dtype=b_np.dtype), ()
-        else:
-            x_np = x0.detach().to(work).contiguous().numpy()
-            xbatch = tuple(x_np.shape[:-1])
-            x_np = x_np.reshape(-1, w)
-        amap, bmap, xmap = _rows(abatch, batch), _rows(bbatch, batch), _rows(xbatch, batch)
-        kernels = _reduce_kernels()
-        b_out = np.empty((B, w), dtype=np.float64)
-        if block_ndim == 2:
-            A_out = np.empty((B, w, w), dtype=np.float64)
-            kernels["dense"](a_np, amap, b_np, bmap, x_np, xmap, want_A, A_out, b_out)
-        else:
-            a3 = a_np.reshape(-1, n, 1) if block_ndim == 0 else a_np
-            A_out = np.empty((B, a3.shape[2]), dtype=np.float64)
-            kernels["elementwise"](a3, amap, b_np, bmap, x_np, xmap, want_A, A_out, b_out)
-            if block_ndim == 0:
-                A_out = A_out[:, 0]
-        block = tuple(A_out.shape[1:])
-        A_seg = (torch.from_numpy(A_out).to(work).reshape(*batch, *block) if want_A
-                 else None)
-        return A_seg, torch.from_numpy(b_out).to(work).reshape(*batch, w)
+        A_seg, b_seg = numba_kernels.summary(
+            A.detach().to(work).numpy(), b.detach().numpy(),
+            None if x0 is None else x0.detach().to(work).numpy(), block_ndim, batch,
+            want_A, np.dtype(str(work).replace("torch.", "")))
+        return (None if A_seg is None else torch.from_numpy(A_seg).to(work),
+                torch.from_numpy(b_seg).to(work))
 
     def solve(self, A: torch.Tensor, b: torch.Tensor, z: torch.Tensor, block_ndim: int,
               reverse: bool, batch: tuple[int, ...]) -> Any:
@@ -652,6 +545,23 @@ class _CpuKernels:
                                 np.dtype(str(work).replace("torch.", "")))
         return torch.from_numpy(x)
 
+    def scan_decay(self, A: torch.Tensor, b: torch.Tensor, block_ndim: int, reverse: bool,
+                   batch: tuple[int, ...]) -> Any:
+        """``(x, A_seg, b_seg, K)`` of ``numba_kernels.scan_decay``, or None (dense blocks,
+        or where the kernels do not apply)."""
+        if block_ndim == 2 or not self.applies(A, b):
+            return None
+        import numpy as np
+
+        from . import numba_kernels
+
+        work = b.dtype
+        x, A_seg, b_seg, K = numba_kernels.scan_decay(
+            A.detach().to(work).numpy(), b.detach().numpy(), block_ndim, reverse, batch,
+            np.dtype(str(work).replace("torch.", "")))
+        return (torch.from_numpy(x), torch.from_numpy(A_seg).to(work),
+                torch.from_numpy(b_seg).to(work), K)
+
 
 def local_kernels() -> _CpuKernels:
     """The compiled local passes of :mod:`pcrsolve.distributed` for torch CPU tensors.
@@ -659,8 +569,10 @@ def local_kernels() -> _CpuKernels:
     Returns
     -------
     object
-        With ``summary(A, b, x0, block_ndim, batch, want_A)`` and
+        With ``summary(A, b, x0, block_ndim, batch, want_A)``,
+        ``scan_decay(A, b, block_ndim, reverse, batch)`` and
         ``solve(A, b, z, block_ndim, reverse, batch)``; each returns None where it does not
-        apply (GPU tensors, tensors requiring grad, no numba).
+        apply (GPU tensors, tensors requiring grad, no numba; dense blocks for
+        ``scan_decay``).
     """
     return _CpuKernels()

@@ -113,6 +113,9 @@ class Communicator(Protocol):
 
     Arrays are those of the solve's namespace (torch tensors for torch.distributed). Every
     method is a collective: every rank of the group calls it, in the same order.
+    Optionally, ``all_gather_start(x)`` starts :meth:`all_gather` in the background and
+    returns a ``finish()`` that waits for its result (no other collective may run in
+    between); the linear solve then overlaps its configuration check with local work.
 
     Attributes
     ----------
@@ -375,12 +378,34 @@ def _configs_agree(comm: Communicator, config: dict[str, Any], local_error: Exce
     the configuration per rank): True if no rank failed and all agree; otherwise every rank
     gets False and runs :func:`_check_config` for the message. Cheaper than the object
     all-gather (one small collective, no pickling) for the common case."""
+    return _configs_agree_start(comm, config, local_error, xp, device)()
+
+
+def _configs_agree_start(comm: Communicator, config: dict[str, Any],
+                         local_error: Exception | None, xp: Any, device: Any
+                         ) -> Callable[[], bool]:
+    """:func:`_configs_agree`, started: returns ``finish()`` which gives its answer.
+
+    With a communicator that has ``all_gather_start`` (torch.distributed) the all-gather
+    runs in the background meanwhile, so local work can hide its latency; with others it
+    is done at once.
+    """
     key = repr(sorted((k, v) for k, v in config.items() if not k.startswith("_")))
     mine = xp.asarray([1.0 if local_error is not None else 0.0,
                        float(zlib.crc32(key.encode()))], dtype=xp.float64, device=device)
-    got = _to_list(xp.reshape(comm.all_gather(mine), (-1,)), xp)
-    flags, sums = got[0::2], got[1::2]
-    return not any(flags) and all(c == sums[0] for c in sums)
+    start = getattr(comm, "all_gather_start", None)
+    if start is None:
+        done = comm.all_gather(mine)
+        pending: Callable[[], Any] = lambda: done  # noqa: E731
+    else:
+        pending = start(mine)
+
+    def finish() -> bool:
+        got = _to_list(xp.reshape(pending(), (-1,)), xp)
+        flags, sums = got[0::2], got[1::2]
+        return not any(flags) and all(c == sums[0] for c in sums)
+
+    return finish
 
 
 # -- the linear solve ---------------------------------------------------------------------------
@@ -418,11 +443,14 @@ def segment_summary(A: Any, b: Any, structure: Structure, xp: Any) -> tuple[Any,
 
 
 def _incoming(system: BidiagonalSystem, comm: Communicator, x0: Any,
-              failure: BaseException | None = None) -> Any:
+              failure: BaseException | None = None, summary: tuple[Any, Any] | None = None
+              ) -> Any:
     """The state entering this rank's segment (steps 1-3 of the module docstring).
 
     The all-gathered buffer carries one error flag per rank: a rank whose local work
-    failed (``failure``) sends the flag, and every rank raises there.
+    failed (``failure``) sends the flag, and every rank raises there. ``summary``: this
+    segment's ``(A_seg, b_seg)`` if already known (``b_seg`` from ``x0`` on the chain's
+    start), else it is computed here.
     """
     xp, s = system.xp, system.structure
     w, batch = system.width, system.batch_shape
@@ -436,6 +464,9 @@ def _incoming(system: BidiagonalSystem, comm: Communicator, x0: Any,
             zero_A = xp.zeros((*batch, *s.block_shape(w)), dtype=b.dtype, device=dev)
             if end:  # the scan never reads the chain's last summary: nothing to compute
                 A_seg, b_seg = zero_A, xp.zeros((*batch, w), dtype=b.dtype, device=dev)
+            elif summary is not None:
+                A_seg = zero_A if start else xp.broadcast_to(summary[0], zero_A.shape)
+                b_seg = summary[1]
             else:
                 # the chain's start folds x0 in: its map sends anything to its last state,
                 # so the other ranks never need x0 (z = 0 enters the scan) and its own
@@ -529,11 +560,67 @@ def _local_solve(system: BidiagonalSystem, z: Any, method: str, used: list | Non
 
 
 def _solve_segment(system: BidiagonalSystem, comm: Communicator, method: str,
-                   failure: BaseException | None = None) -> tuple[Any, Any]:
-    """This rank's states and its incoming state (without the configuration check)."""
-    _, _, x0 = system.forward_arrays()
+                   failure: BaseException | None = None,
+                   before_exchange: Callable[[], None] | None = None) -> tuple[Any, Any]:
+    """This rank's states and its incoming state (without the configuration check).
+
+    ``before_exchange()`` (the pending configuration check) runs after the local first
+    pass and before the first collective of the solve.
+    """
+    x0 = system.forward_arrays()[2]
+    if failure is None and method == "auto":
+        done = _scan_first(system, comm, x0, before_exchange)
+        if done is not None:
+            return done
+    if before_exchange is not None:
+        before_exchange()
     z = _incoming(system, comm, x0, failure)
     return _local_solve(system, z, method), z
+
+
+def _scan_first(system: BidiagonalSystem, comm: Communicator, x0: Any,
+                before_exchange: Callable[[], None] | None = None) -> tuple[Any, Any] | None:
+    """The compiled path for elementwise blocks: scan first, exchange, then fix a prefix.
+
+    The chain's first rank solves its segment from ``x0`` at once; every other rank scans
+    its segment from a zero state meanwhile (``scan_decay`` of the local kernels), keeping
+    the product of its blocks. One all-gather of the segments' maps then gives each rank
+    its entering state ``z``, and only the first ``K`` steps (until the product decayed
+    below ``2^-960``; all of them if it did not within a quarter of the segment) are
+    scanned again from ``z``. Each rank reads its segment about once instead of twice
+    (a reduce pass, then the solve). None where the kernels do not apply.
+    """
+    kernels = _local_kernels(system.xp)
+    s = system.structure
+    if kernels is None or s.block_ndim == 2:
+        return None
+    batch, rev = tuple(system.batch_shape), system.reverse
+    start = _is_start(comm, rev)
+    try:
+        if start:
+            x = kernels.solve(system.A, system.b, x0, s.block_ndim, rev, batch)
+            got = None if x is None else (None, x[..., 0 if rev else -1, :], 0)
+        else:
+            got = kernels.scan_decay(system.A, system.b, s.block_ndim, rev, batch)
+            if got is not None:
+                x, got = got[0], got[1:]
+    except Exception:  # the generic path runs it again and reports it, naming the rank
+        return None
+    # ranks may take different paths (a rank whose tensors require grad takes the generic
+    # one): both make exactly one all-gather of the same maps in _incoming
+    if got is None:
+        return None
+    A_seg, b_seg, K = got
+    if before_exchange is not None:
+        before_exchange()
+    z = _incoming(system, comm, x0, None, summary=(A_seg, b_seg))
+    if K:
+        L = system.length
+        steps = slice(L - K, L) if rev else slice(0, K)
+        head = kernels.solve(s.take(system.A, steps), system.b[..., steps, :], z,
+                             s.block_ndim, rev, batch)
+        x[..., steps, :] = head
+    return x, z
 
 
 def _is_start(comm: Communicator, reverse: bool) -> bool:
@@ -600,9 +687,16 @@ def solve_linear(system: BidiagonalSystem, *, group: Any = None, method: str = "
               "reverse": system.reverse, "batch shape": tuple(system.batch_shape),
               "dtype": str(system.dtype), "library": namespace_name(system.xp),
               "_length": system.length}
-    if not _configs_agree(comm, config, error, system.xp, system.device):
-        _check_config(comm, config, error, "solve_linear")  # raises, naming what differs
-    return _solve_segment(system, comm, method)[0]
+    agree = _configs_agree_start(comm, config, error, system.xp, system.device)
+
+    def checked() -> None:
+        if not agree():
+            _check_config(comm, config, error, "solve_linear")  # raises, naming what differs
+
+    if error is not None:
+        checked()
+    # the local first pass runs while the configuration check is in flight
+    return _solve_segment(system, comm, method, before_exchange=checked)[0]
 
 
 # -- Newton on a distributed trajectory -----------------------------------------------------------

@@ -157,3 +157,34 @@ assert "numba" in sys.modules
 print("ok")
 """
     assert _run(code).strip() == "ok"
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("structure,w", [("scalar", 1), ("diagonal", 1), ("diagonal", 3),
+                                         ("scalar", 3)])
+@pytest.mark.parametrize("case", ["decaying", "flat"])
+def test_scan_decay_then_prefix_rescan_is_the_loop(rng, structure, w, reverse, case):
+    # the first pass of a distributed solve on a rank that does not know its entering state
+    L = 3000
+    shape = (2, L) if structure == "scalar" else (2, L, w)
+    if case == "decaying":  # mean log|a| = log(0.95) - 1: the product is < 2^-960 in ~650
+        A = rng.uniform(-0.95, 0.95, shape)
+    else:  # |a| = 1: the entering state matters to the end
+        A = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+    b = rng.standard_normal((2, L, w))
+    z = rng.standard_normal((2, w))
+    nd = NDIM[structure]
+    x, A_seg, b_seg, K = numba_kernels.scan_decay(A, b, nd, reverse, (2,), np.dtype("float64"))
+    ref = reference_solve(A, b, z, structure, reverse)
+    # the map of the whole segment
+    last = ref[:, 0] if reverse else ref[:, -1]
+    gain = A_seg if structure == "diagonal" else A_seg[:, None]
+    assert rel_err(gain * z + b_seg, last) <= tolerance("float64", L)
+    if case == "decaying":
+        assert 300 <= K <= 1000 and np.all(A_seg == 0.0), K  # only the prefix is redone
+    else:
+        assert K == L
+    steps = slice(L - K, L) if reverse else slice(0, K)
+    x[:, steps] = numba_kernels.solve(A[:, steps], b[:, steps], z, nd, reverse, (2,),
+                                      np.dtype("float64"))
+    assert rel_err(x, ref) <= tolerance("float64", L)

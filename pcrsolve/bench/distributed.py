@@ -286,9 +286,9 @@ def _linear_case(opts: Any, comm: Any, ws: Workspace, L: int) -> Report | None:
     return Report("distributed linear", {"P": P, "L": L, "w": 1, "structure": "diagonal",
                                          "dtype": ws.dtype_name, "threads/process": 1}, rows,
                   machine=machine_description("torch", "cpu"), baselines=baselines,
-                  notes=notes, slower_reason="each rank makes two passes over its segment (a "
-                  "read-only reduce, then the solve) against the loop's one, plus the "
-                  "latency of two collectives (gloo) per solve")
+                  notes=notes, slower_reason="the P processes share one memory bus, every rank "
+                  "but the first redoes the prefix its entering state still reaches, and a "
+                  "solve waits for two collectives (gloo, ~0.4 ms each here)")
 
 
 @suite("distributed")
