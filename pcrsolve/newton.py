@@ -36,6 +36,7 @@ from .blocks import STRUCTURES
 from .direction import (
     all_finite_blocks,
     check_blocks,
+    finite_sum_blocks,
     jacobian_blocks,
     newton_step,
     pinned_prefix,
@@ -563,11 +564,13 @@ def _iterate(
             phi = merit(it.R, xp)
             within = trial.rnorm <= rule.tolerance(trial.X, trial.F)
             rejected = glob.rejected(phi, merit(trial.R, xp), within, active)
-            extra = [xp.all(xp.isfinite(it.F)) & ~all_finite_blocks(J, xp)]
+            # (the cheap sum test; the exact one runs only if it fails, below)
+            extra = [xp.all(xp.isfinite(it.F)) & ~finite_sum_blocks(J, xp)]
             if rejected is not None:
                 extra.append(xp.any(rejected))
         new, stats = advance(trial, extra)
-        if J is not None and stats[4] > 0.0 and source is not None:
+        if (J is not None and stats[4] > 0.0 and source is not None
+                and not bool(all_finite_blocks(J, xp))):
             raise StepFunctionError(
                 f"`{source}` returned NaN or Inf at finite states (iteration "
                 f"{iterations}); check it where the step function is finite (the step's "

@@ -417,6 +417,29 @@ def test_nan_from_user_jacobian_raises(rng, source):
         pcrsolve.solve(step, np.ones(3), 8, **{source: bad})
 
 
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_finite_jacobian_whose_sum_overflows_is_not_called_nan(lib):
+    # the Jacobian check sums the blocks first (one pass); a sum that overflows must fall
+    # back to the exact test, not raise. x_l = a x_{l-1} + b_l with a = 1e308 on both
+    # chains: every block is finite, their sum (4e308) is not.
+    xp = np if lib == "numpy" else pytest.importorskip("torch")
+    a = 1e308
+    b = xp.asarray(np.array([[1e-10, 2e-10], [3e-10, -1e-10]]))
+
+    def step(x, l):
+        return a * x + b[l]
+
+    def jacobian(x, l):
+        return xp.full(x.shape, a, dtype=x.dtype) + 0.0 * x
+
+    x0 = xp.asarray(np.zeros(2))
+    sol = pcrsolve.solve(step, x0, 2, jacobian=jacobian, jacobian_structure="diagonal")
+    ref = np.array([[1e-10, 2e-10], [a * 1e-10 + 3e-10, a * 2e-10 - 1e-10]])
+    states = np.asarray(sol.states)
+    assert sol.status is pcrsolve.Status.CONVERGED
+    np.testing.assert_allclose(states, ref, rtol=1e-14)
+
+
 def test_lyapunov_exponent_and_chaos_message():
     # logistic map at r = 4: exponent log 2; the failure message says so
     step = lambda x, l: 4.0 * x * (1 - x)  # noqa: E731
