@@ -210,6 +210,15 @@ class Backend:
 
         return jacobian_provider(self.jvp(step), structure, self.xp)
 
+    def value_and_jacobian(self, step: Any, structure: str) -> Any:
+        """``pair(x_prev, l) -> (f, blocks)`` in one evaluation of ``step``, or None.
+
+        What the Newton loop uses when the user supplies no Jacobian, so that an iteration
+        evaluates the step once rather than once for its value and once inside the
+        autodiff. None (the base version): the loop calls ``step`` and :meth:`jacobian`.
+        """
+        return None
+
     def check_no_hidden_grad(self, step: Any, x0: Any, params: Any = None) -> None:
         """Raise if ``step`` depends on tensors that require grad but not in ``params``."""
 

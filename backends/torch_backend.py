@@ -261,6 +261,32 @@ class TorchBackend(Backend):
 
         return jac
 
+    def value_and_jacobian(self, step: Any, structure: str) -> Any:
+        """The step's value and its Jacobian blocks from one ``vmap`` of a JVP.
+
+        :meth:`jacobian`'s JVPs compute the step's value too (the primal, the same for
+        every basis vector, so ``vmap`` leaves it unbatched): returning it saves the
+        separate evaluation of ``step`` per Newton iteration. Steps whose primal ``vmap``
+        batches, or that it cannot trace, fall back to ``step`` plus :meth:`jacobian`.
+        """
+        from pcrsolve.jacobians import assemble_blocks
+
+        blocks = self.jacobian(step, structure)
+
+        def pair(x: torch.Tensor, l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+
+            def column(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return torch.func.jvp(lambda z: step(z, l), (x,), (e.expand_as(x),))
+
+            try:
+                F, cols = torch.func.vmap(column, out_dims=(None, 0))(eye)
+            except Exception:  # not vmap-traceable, or a batched primal
+                return step(x, l), blocks(x, l)
+            return F, assemble_blocks(cols, structure, self.xp)
+
+        return pair
+
     def check_no_hidden_grad(self, step: Any, x0: Any, params: Any = None) -> None:
         """Refuse a ``step`` that depends on tensors requiring grad that are not in ``params``.
 

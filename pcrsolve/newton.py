@@ -474,6 +474,18 @@ def _iterate(
     if check_inputs:
         check_finite({"x0": x0, "init": init}, xp)
     x0w = xp.astype(x0, work, copy=False)
+    # whose blocks a message names: the user's argument (None: pcrsolve's autodiff)
+    pair_source = "value_and_jacobian" if value_and_jacobian is not None else None
+    user_jacobian = jacobian_label(
+        _JacobianOf(value_and_jacobian) if value_and_jacobian is not None and jacobian is None
+        else jacobian, jvp)
+    if (value_and_jacobian is None and jacobian is None and jvp is None
+            and mode in ("newton", "quasi")):
+        # no Jacobian given: the backend's autodiff may give value and blocks in one pass
+        want = "dense" if mode == "newton" else "diagonal"
+        value_and_jacobian = get_backend(xp).value_and_jacobian(step, want)
+        if value_and_jacobian is not None:
+            jacobian_structure = want
     if value_and_jacobian is not None and jacobian is None:
         jacobian = _JacobianOf(value_and_jacobian)
     pair = value_and_blocks(mode, value_and_jacobian, jacobian_structure, xp)
@@ -491,7 +503,6 @@ def _iterate(
     backend = get_backend(xp)
     jac, structure = jacobian_blocks(mode, step, jacobian, jacobian_structure, jvp,
                                      backend, xp)
-    user_jacobian = jacobian_label(jacobian, jvp)
     rule = StoppingRule(rtol, atol, L, work, xp)
     glob = make_globalisation(globalisation, jac is not None, prob.batch, work, x0w, xp)
 
@@ -550,7 +561,7 @@ def _iterate(
         else:
             # the blocks at X_prev: from the call that evaluated it (value_and_jacobian),
             # or computed now
-            source = "value_and_jacobian" if it.J is not None else user_jacobian
+            source = pair_source if it.J is not None else user_jacobian
             J = it.J if it.J is not None else jac(it.Xprev, prob.idx)
             if source not in checked_from:
                 check_blocks(J, structure, prob.batch, L, prob.w, work, source or "jacobian")
