@@ -165,6 +165,11 @@ class _DistributedAdjoint(_Adjoint):
         work = torch.float32 if X.dtype in (torch.float16, torch.bfloat16) else X.dtype
         opts = run.options
         jac = opts["jacobian"] if opts["jacobian_structure"] == "dense" else None
+        if jac is None and opts.get("value_and_jacobian") is not None \
+                and opts["jacobian_structure"] == "dense":
+            from pcrsolve.newton import _JacobianOf
+
+            jac = _JacobianOf(opts["value_and_jacobian"])
         with torch.no_grad():
             lam, Xprev, idx = adjoint(run.step, X.to(work), G.to(work), run.trajectory,
                                       run.comm, jac, opts["jvp"], run.xp)
@@ -463,6 +468,10 @@ class DistributedParallelSequential(nn.Module):
         kwargs: dict[str, Any] = {"mode": self.mode, **self.solve_kwargs}
         if local_jac is not None and self.mode in ("newton", "quasi"):
             kwargs["jacobian"] = lambda X, l: local_jac(X, l - offset)
+        local_pair = fns.get("value_and_jacobian")
+        if local_pair is not None and self.mode in ("newton", "quasi"):
+            # values and blocks from one call: n + 1 evaluations of the layers, not 2n + 1
+            kwargs["value_and_jacobian"] = lambda X, l: local_pair(X, l - offset)
         n, shape = self.stack.length, (*x.shape[:-1], self.stack.length, x.shape[-1])
         if (self.warm_start and self._init is not None and self._init.shape == shape
                 and self._init.dtype == x.dtype and self._init.device == x.device):

@@ -49,7 +49,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .backends import get_backend, namespace_name
 from .blocks import STRUCTURES, Structure
-from .direction import jacobian_blocks
+from .direction import all_finite_blocks, finite_sum_blocks, jacobian_blocks
 from .errors import ConvergenceError, InputError, PCRSolveError, StepFunctionError
 from .factored import Factored
 from .linear import METHODS
@@ -57,7 +57,7 @@ from .linear import solve_linear as _single_solve_linear
 from .namespace import check_finite, device_of, infer_namespace, working_dtype
 from .newton import solve as _single_solve
 from .result import Solution, Status
-from .steps import checked
+from .steps import checked, checked_pair
 from .stopping import StoppingRule, default_tolerance
 from .system import BidiagonalSystem
 
@@ -722,9 +722,35 @@ def _jacobian_source(mode: str, step: Callable, jacobian: Callable | None,
     return blocks, structure
 
 
+def _value_and_blocks(mode: str, step: Callable, jacobian: Callable | None,
+                      jvp: Callable | None, value_and_jacobian: Callable | None,
+                      jacobian_structure: str, xp: Any
+                      ) -> tuple[Callable, str, Callable] | None:
+    """``(jacobian, jacobian_structure, pair)`` when an iteration's values and blocks come
+    from one call (the user's ``value_and_jacobian``, or the backend's autodiff hook as in
+    :func:`pcrsolve.solve`); None otherwise. ``jacobian`` gives blocks alone, for states
+    whose value is known (batch elements that stopped)."""
+    from .direction import value_and_blocks
+    from .newton import _JacobianOf
+
+    if mode not in ("newton", "quasi"):
+        return None
+    if value_and_jacobian is None:
+        if jacobian is not None or jvp is not None:
+            return None
+        want = "dense" if mode == "newton" else "diagonal"
+        value_and_jacobian = get_backend(xp).value_and_jacobian(step, want)
+        if value_and_jacobian is None:
+            return None
+        jacobian_structure = want
+    pair = value_and_blocks(mode, value_and_jacobian, jacobian_structure, xp)
+    return (jacobian if jacobian is not None else _JacobianOf(value_and_jacobian),
+            jacobian_structure, pair)
+
+
 def _local_checks(step: Any, x0: Any, length: Any, mode: str, jacobian: Any,
                   jacobian_structure: str, jvp: Any, tol: Any, atol: Any, max_iter: Any,
-                  init: Any, linear_method: str) -> None:
+                  init: Any, linear_method: str, value_and_jacobian: Any = None) -> None:
     if not callable(step):
         raise InputError(f"`step` must be callable as step(x_prev, l); got {type(step).__name__}")
     if (isinstance(length, bool) or not isinstance(length, numbers.Integral)
@@ -739,7 +765,8 @@ def _local_checks(step: Any, x0: Any, length: Any, mode: str, jacobian: Any,
     if jacobian_structure not in ("dense", "diagonal"):
         raise InputError(
             f"`jacobian_structure` must be 'dense' or 'diagonal'; got {jacobian_structure!r}")
-    for name, fn in (("jacobian", jacobian), ("jvp", jvp)):
+    for name, fn in (("jacobian", jacobian), ("jvp", jvp),
+                     ("value_and_jacobian", value_and_jacobian)):
         if fn is not None and not callable(fn):
             raise InputError(f"`{name}` must be callable; got {type(fn).__name__}")
     if x0.ndim < 1 or x0.shape[-1] < 1:
@@ -820,6 +847,7 @@ def solve(
     jacobian: Callable[[Any, Any], Any] | None = None,
     jacobian_structure: str = "dense",
     jvp: Callable[[Any, Any, Any], Any] | None = None,
+    value_and_jacobian: Callable[[Any, Any], Any] | None = None,
     tol: float | None = None,
     atol: float | None = None,
     max_iter: int | None = None,
@@ -860,8 +888,9 @@ def solve(
     group : torch.distributed.ProcessGroup, Communicator or None
         ``None``: the default process group.
     mode : {"newton", "quasi", "picard", "jacobi"}, default "newton"
-    jacobian, jacobian_structure, jvp, tol, atol, linear_method, check_inputs
-        As for :func:`pcrsolve.solve` (``jacobian``/``jvp`` get global indices).
+    jacobian, jacobian_structure, jvp, value_and_jacobian, tol, atol, linear_method, check_inputs
+        As for :func:`pcrsolve.solve` (the functions get global indices;
+        ``value_and_jacobian`` gives each iteration's values and blocks in one call).
     max_iter : int, optional
         Default: the total number of steps over all ranks.
     init : array, shape (..., length, w), optional
@@ -906,8 +935,9 @@ def solve(
     comm = get_communicator(group, xp)
     option_error = _option_error(mode, globalisation, damping, fallback)
     options = dict(mode=mode, jacobian=jacobian, jacobian_structure=jacobian_structure,
-                   jvp=jvp, tol=tol, atol=atol, max_iter=max_iter, init=init,
-                   linear_method=linear_method, throw=throw, check_inputs=check_inputs)
+                   jvp=jvp, value_and_jacobian=value_and_jacobian, tol=tol, atol=atol,
+                   max_iter=max_iter, init=init, linear_method=linear_method, throw=throw,
+                   check_inputs=check_inputs)
     if comm.size == 1:
         if option_error is not None:
             raise option_error
@@ -930,7 +960,8 @@ def _solve_impl(step: Callable, x0: Any, length: int, comm: Communicator, *,
                 mode: str, jacobian: Callable | None, jacobian_structure: str,
                 jvp: Callable | None, tol: float | None, atol: float | None,
                 max_iter: int | None, init: Any | None, linear_method: str, throw: bool,
-                check_inputs: bool, option_error: Exception | None = None
+                check_inputs: bool, option_error: Exception | None = None,
+                value_and_jacobian: Callable | None = None
                 ) -> tuple[Solution, _Trajectory]:
     """The distributed Newton loop; also returns what the adjoint needs."""
     xp = infer_namespace({"x0": x0, "init": init})
@@ -939,14 +970,15 @@ def _solve_impl(step: Callable, x0: Any, length: int, comm: Communicator, *,
                         jacobian_structure=jacobian_structure, jvp=jvp, tol=tol, atol=atol,
                         max_iter=max_iter, init=init, linear_method=linear_method,
                         throw=throw, check_inputs=check_inputs,
-                        option_error=option_error)
+                        option_error=option_error, value_and_jacobian=value_and_jacobian)
 
 
 def _iterate(step: Callable, x0: Any, length: int, comm: Communicator, xp: Any, *,
              mode: str, jacobian: Callable | None, jacobian_structure: str,
              jvp: Callable | None, tol: float | None, atol: float | None,
              max_iter: int | None, init: Any | None, linear_method: str, throw: bool,
-             check_inputs: bool, option_error: Exception | None = None
+             check_inputs: bool, option_error: Exception | None = None,
+             value_and_jacobian: Callable | None = None
              ) -> tuple[Solution, _Trajectory]:
     P, r = comm.size, comm.rank
     error: Exception | None = None
@@ -954,7 +986,7 @@ def _iterate(step: Callable, x0: Any, length: int, comm: Communicator, xp: Any, 
         if option_error is not None:
             raise option_error
         _local_checks(step, x0, length, mode, jacobian, jacobian_structure, jvp, tol, atol,
-                      max_iter, init, linear_method)
+                      max_iter, init, linear_method, value_and_jacobian)
         length = int(length)
         work, out_dtype = working_dtype({"x0": x0, "init": init}, xp)
         if check_inputs:
@@ -969,6 +1001,7 @@ def _iterate(step: Callable, x0: Any, length: int, comm: Communicator, xp: Any, 
         "mode": mode, "tol": tol, "atol": atol, "max_iter": max_iter,
         "linear_method": linear_method, "jacobian given": jacobian is not None,
         "jacobian_structure": jacobian_structure, "jvp given": jvp is not None,
+        "value_and_jacobian given": value_and_jacobian is not None,
         "init given": init is not None, "_length": length,
     }
     configs = _check_config(comm, config, error, "solve")
@@ -982,12 +1015,20 @@ def _iterate(step: Callable, x0: Any, length: int, comm: Communicator, xp: Any, 
     idx = xp.arange(offset, offset + n, dtype=xp.int64, device=dev)
     x0w = comm.broadcast(xp.astype(x0, work, copy=True), src=0)
     stepc = checked(step, "step", xp)
+    user_jacobian = ("value_and_jacobian" if value_and_jacobian is not None and jacobian is None
+                     else "jacobian" if jacobian is not None
+                     else "jvp" if jvp is not None else None)
+    pair = _value_and_blocks(mode, step, jacobian, jvp, value_and_jacobian, jacobian_structure,
+                             xp)
+    if pair is not None:
+        jacobian, jacobian_structure, pair_fn = pair
+        pairc = checked_pair(pair_fn, user_jacobian or "step", xp)
     jac, structure = _jacobian_source(mode, step, jacobian, jacobian_structure, jvp, xp)
     s = STRUCTURES[structure]
     guard = _Guard()
     nb = math.prod(batch)
-    user_jacobian = "jacobian" if jacobian is not None else ("jvp" if jvp is not None
-                                                              else None)
+    # the blocks at the last X_prev that was evaluated with value and blocks together
+    cached: list[Any] = [None, None]
 
     if nb == 0:  # nothing to solve
         empty = xp.zeros((*batch, n, w), dtype=out_dtype, device=dev)
@@ -1000,7 +1041,11 @@ def _iterate(step: Callable, x0: Any, length: int, comm: Communicator, xp: Any, 
 
     def evaluate(X: Any, x_in: Any) -> tuple[Any, Any, Any]:
         Xprev = xp.concat([x_in[..., None, :], X[..., :-1, :]], axis=-2)
-        F = stepc(Xprev, idx, expect=(*batch, n, w), dtype=work)
+        if pair is not None:
+            F, J = pairc(Xprev, idx, expect=(*batch, n, w), dtype=work)
+            cached[:] = [Xprev, J]
+        else:
+            F = stepc(Xprev, idx, expect=(*batch, n, w), dtype=work)
         return Xprev, F, F - X
 
     def reduce_stats(parts: list[Any], nonfinite: bool, local_rnorm: Any
@@ -1062,12 +1107,15 @@ def _iterate(step: Callable, x0: Any, length: int, comm: Communicator, xp: Any, 
 
     def blocks(Xprev: Any, R: Any, F: Any, iteration: int) -> BidiagonalSystem:
         nonlocal jac_checked
-        J = jac(Xprev, idx)
+        J = cached[1] if cached[0] is Xprev else jac(Xprev, idx)
+        if isinstance(J, Factored):
+            J = J.dense(xp)
         if not jac_checked:
             _check_blocks(J, s, batch, n, w, work)
             jac_checked = True
-        if user_jacobian is not None and not bool(
-                xp.all(xp.isfinite(J)) | ~xp.all(xp.isfinite(F))):
+        # (one sum proves the blocks finite; the exact test only when it does not)
+        if (user_jacobian is not None and not bool(finite_sum_blocks(J, xp))
+                and not bool(all_finite_blocks(J, xp) | ~xp.all(xp.isfinite(F)))):
             raise StepFunctionError(
                 f"`{user_jacobian}` returned NaN or Inf at finite states (iteration "
                 f"{iteration}); check it where the step function is finite (the step's own "

@@ -205,6 +205,29 @@ def _worker(P: int, rank: int, port: int, out: str) -> None:
     for name, kw in modes.items():
         check(f"mode_{name}", lambda kw=kw: newton(kw))
 
+    # 3b. value_and_jacobian: the same iterates, one call per iteration on every rank (n
+    #     pair calls, plus the converged trajectory's), no separate step calls after the
+    #     first evaluation
+    def value_and_jacobian() -> None:
+        calls = {"step": 0, "pair": 0}
+
+        def counted_step(x: Any, l: Any) -> Any:
+            calls["step"] += 1
+            return step(x, l)
+
+        def pair(x: Any, l: Any) -> Any:
+            calls["pair"] += 1
+            return step(x, l), jac(x, l)
+
+        ref = pcrsolve.solve(step, x0, L, jacobian=jac, globalisation="none")
+        sol = dsolve(counted_step, x0_mine, hi - lo, value_and_jacobian=pair)
+        same_everywhere((sol.status.name, sol.iterations, sol.residuals))
+        assert sol.iterations == ref.iterations, (sol.iterations, ref.iterations)
+        close(sol.states, ref.states[:, lo:hi])
+        assert calls["step"] == 0 and calls["pair"] == sol.iterations + 1, calls
+
+    check("value_and_jacobian", value_and_jacobian)
+
     # 4. warm start: this rank's segment of a perturbed solution
     def warm() -> None:
         full = pcrsolve.solve(step, x0, L, jacobian=jac).states
@@ -355,8 +378,9 @@ CHECKS = ([f"linear_{s}_{d}" for s in SHAPES for d in ("forward", "reverse")]
           + ["world_size_one_bitwise"]
           + [f"mode_{m}" for m in ("newton_jacobian", "newton_autodiff", "quasi", "picard",
                                    "jacobi")]
-          + ["warm_start", "gradients_float64", "failing_rank", "nonfinite_rank",
-             "mismatched_config", "unsupported_options", "group_still_usable"])
+          + ["value_and_jacobian", "warm_start", "gradients_float64", "failing_rank",
+             "nonfinite_rank", "mismatched_config", "unsupported_options",
+             "group_still_usable"])
 
 
 @pytest.fixture(scope="module")
