@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     # fork where there is one (the children inherit the imports: seconds saved per
     # process); nothing here has started threads or CUDA before the fork
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    for module in ("pcrsolve.adapters.torch", "pcrsolve.backends.torch_distributed"):
+    for module in ("pcrsolve.adapters.torch", "pcrsolve.adapters.torch_distributed"):
         importlib.import_module(module)  # once, before the fork
 
     queue = mp.get_context(method).SimpleQueue()

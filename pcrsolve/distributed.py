@@ -30,11 +30,11 @@ Communication sits behind :class:`Communicator` (all-gather, all-reduce, neighbo
 shift, broadcast, object all-gather); ``pcrsolve.backends.torch_distributed`` implements
 it on ``torch.distributed`` (gloo, NCCL), :class:`ThreadedGroup` runs ``P`` ranks as
 threads of one process (for fast tests of the algorithm). ``DistributedParallelSequential``
-(torch; imported on first access, so that this module does not import torch) splits a
-stack of ``nn.Module`` blocks over the ranks. Failures are never left to
-hang: every collective that follows local work carries an error flag per rank, so every
-rank learns of a failure at the same collective and raises :class:`DistributedError`
-naming the failing rank(s).
+(torch, in ``pcrsolve.adapters.torch_distributed``; imported on first access, so that this
+module does not import torch) splits a stack of ``nn.Module`` blocks over the ranks.
+Failures are never left to hang: every collective that follows local work carries an
+error flag per rank, so every rank learns of a failure at the same collective and raises
+:class:`DistributedError` naming the failing rank(s).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ __all__ = [
 #: Names this module provides from an array library's module on first access (torch is not
 #: imported by ``import pcrsolve.distributed``).
 _LAZY = {"DistributedParallelSequential":
-         "pcrsolve.backends.torch_distributed:DistributedParallelSequential"}
+         "pcrsolve.adapters.torch_distributed:DistributedParallelSequential"}
 
 
 def __getattr__(name: str) -> Any:

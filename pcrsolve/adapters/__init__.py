@@ -12,5 +12,7 @@ module                                    what it adapts
 :mod:`pcrsolve.adapters.rnn`              ``nn.GRUCell``, ``nn.LSTMCell``, ``nn.RNNCell`` over time
 :mod:`pcrsolve.adapters.diffusion`        DDPM and DDIM samplers with any denoiser
 :mod:`pcrsolve.adapters.ode`              explicit Euler and RK4 integrators, parallel in time
+``pcrsolve.adapters.torch_distributed``   a stack of blocks split over torch.distributed
+                                          ranks (``DistributedParallelSequential``)
 ========================================  ===================================================
 """
