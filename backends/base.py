@@ -122,6 +122,15 @@ class Backend:
         """
         return None
 
+    def compiled_factored(self, blocks: Any, b: Any) -> Any:
+        """A compiled CPU kernel for factored blocks (as :meth:`fast_factored`), or None.
+
+        Unlike :meth:`fast_factored` (the accelerator kernels, which ``"auto"`` takes on
+        accelerators only), ``"auto"`` takes this one wherever it applies: it never forms
+        the dense blocks, so it is never slower than materialising them.
+        """
+        return None
+
     def fast_factored(self, blocks: Any, b: Any) -> Any:
         """A fused kernel for ``x_l = J_l x_{l-1} + b_l`` with factored ``J`` (or None).
 

@@ -47,8 +47,9 @@ from numba import njit, prange
 from . import buffers
 
 __all__ = ["dense_batch", "dense_serial", "dense_summary", "ew_batch", "ew_chunked", "ew_decay",
-           "ew_serial", "ew_summary", "num_threads", "scan_decay", "solve", "summary",
-           "w1_batch", "w1_chunked", "w1_decay", "w1_serial", "w1_summary"]
+           "ew_serial", "ew_summary", "factored_batch", "num_threads", "scan_decay", "solve",
+           "solve_factored", "summary", "w1_batch", "w1_chunked", "w1_decay", "w1_serial",
+           "w1_summary"]
 
 #: LLVM fast-math flags of every kernel: only ``contract``, which fuses ``a * x + b`` into
 #: one fused multiply-add (one rounding instead of two, so at least as accurate). A chain's
@@ -423,6 +424,39 @@ def dense_batch(A, b, x0, out, amap, bmap, xmap, rev):  # pragma: no cover - com
         for j in range(w):
             x[j] = x0[xmap[i], j]
         _dense_chain(A, b, out, amap[i], bmap[i], i, rev, x, y)
+
+
+# -- factored blocks J_l = diag(s_l) W_l + c I, never materialised --------------------------
+
+
+@njit(cache=True, fastmath=_FM_DOT, nogil=True)
+def _factored_group(scale, weight, b, out, smap, wmap, bmap, c, lo, hi):  # pragma: no cover
+    """Batch elements ``lo .. hi`` from a zero state, step-major: each step's weight block
+    is read once for the whole group (it is shared by the batch)."""
+    L, w = b.shape[1], b.shape[2]
+    X = np.zeros((hi - lo, w))
+    y = np.empty(w)
+    for l in range(L):
+        for i in range(lo, hi):
+            si, wi, bi = smap[i], wmap[i], bmap[i]
+            x = X[i - lo]
+            for r in range(w):
+                acc = 0.0
+                for k in range(w):
+                    acc += weight[wi, l, r, k] * x[k]
+                y[r] = scale[si, l, r] * acc + c * x[r] + b[bi, l, r]
+            for r in range(w):
+                x[r] = y[r]
+                out[i, l, r] = y[r]
+
+
+@njit(cache=True, fastmath=_FM_DOT, nogil=True, parallel=True)
+def factored_batch(scale, weight, b, out, smap, wmap, bmap, c, T):  # pragma: no cover
+    """:func:`_factored_group` over ``T`` groups of the batch, one per thread."""
+    B = out.shape[0]
+    for g in prange(T):
+        _factored_group(scale, weight, b, out, smap, wmap, bmap, c, g * B // T,
+                        (g + 1) * B // T)
 
 
 # -- segment summaries (the reduce pass of a distributed solve) ---------------------------
@@ -869,3 +903,49 @@ def scan_decay(A: np.ndarray, b: np.ndarray, block_ndim: int, reverse: bool,
         P_out = P_out[:, 0] if block_ndim == 0 else P_out
     return (out.reshape(*batch, L, w), P_out.reshape(*batch, *P_out.shape[1:]),
             y_out.reshape(*batch, w), int(K))
+
+
+def solve_factored(scale: np.ndarray, weight: np.ndarray, b: np.ndarray, identity: float,
+                   batch: tuple[int, ...], work: np.dtype) -> np.ndarray:
+    """Solve ``x_l = (diag(s_l) W_l + c I) x_{l-1} + b_l`` from ``x_0 = 0`` (forward).
+
+    The Newton direction of a stack of ``act(W x + b)`` layers
+    (:class:`pcrsolve.factored.Factored`) without forming its ``B L w^2`` dense blocks:
+    each step reads ``W_l`` once for the batch (step-major), so the weights are read once
+    per thread rather than once per batch element, and nothing is written but ``x``.
+
+    Parameters
+    ----------
+    scale : np.ndarray, shape (..., L, w)
+    weight : np.ndarray, shape (..., L, w, w)
+        Usually without batch dims (shared).
+    b : np.ndarray, shape (..., L, w)
+    identity : float
+        ``c``.
+    batch : tuple of int
+        The broadcast batch shape of the three.
+    work : np.dtype
+        float32 or float64 (sums accumulate in float64).
+
+    Returns
+    -------
+    np.ndarray, shape (*batch, L, w), dtype ``work``
+    """
+    L, w = int(b.shape[-2]), int(b.shape[-1])
+    B = math.prod(batch)
+    out = buffers.empty((B, L, w), work)
+    if B == 0 or L == 0:
+        return out.reshape(*batch, L, w)
+    sb, wb, bb = tuple(scale.shape[:-2]), tuple(weight.shape[:-3]), tuple(b.shape[:-2])
+    scale = _contiguous(scale, work).reshape(-1, L, w)
+    weight = _contiguous(weight, work).reshape(-1, L, w, w)
+    b = _contiguous(b, work).reshape(-1, L, w)
+    smap, wmap, bmap = _row_map(sb, batch), _row_map(wb, batch), _row_map(bb, batch)
+    T = num_threads()
+    groups = T if T > 1 and B > 1 and B * L * w * w >= PARALLEL_MIN_WORK else 1
+    groups = min(groups, B)
+    if groups == 1:
+        _factored_group(scale, weight, b, out, smap, wmap, bmap, float(identity), 0, B)
+    else:
+        factored_batch(scale, weight, b, out, smap, wmap, bmap, float(identity), groups)
+    return out.reshape(*batch, L, w)

@@ -142,6 +142,29 @@ class NumpyBackend(Backend):
 
         return run
 
+    def compiled_factored(self, blocks: Any, b: Any) -> Any:
+        """The numba kernel for factored blocks (``numba_kernels.solve_factored``), if
+        installed: ``J_l = diag(s_l) W_l + c I`` never materialised, zero ``x0``."""
+        if not numba_available():
+            return None
+        scale, weight, b = np.asarray(blocks.scale), np.asarray(blocks.weight), np.asarray(b)
+        if not all(a.dtype in (np.float32, np.float64) for a in (scale, weight, b)):
+            return None
+
+        def run() -> np.ndarray:
+            from . import numba_kernels
+
+            batch = np.broadcast_shapes(scale.shape[:-2], weight.shape[:-3], b.shape[:-2])
+            x = numba_kernels.solve_factored(scale, weight, b, float(blocks.identity),
+                                             tuple(batch), np.result_type(scale, b))
+            return x if x.dtype == b.dtype else x.astype(b.dtype)
+
+        return run
+
+    def fast_factored(self, blocks: Any, b: Any) -> Any:
+        """:meth:`compiled_factored` (NumPy has no accelerator kernel)."""
+        return self.compiled_factored(blocks, b)
+
     def cost_model(self, device: Any) -> CostModel:
         # Fitted to `python -m pcrsolve bench linear` and pcrsolve.linear.auto.time_methods
         # on a 2-core AMD EPYC (NumPy 2.4, numba 0.68): the ufunc loop costs ~1.5 us per

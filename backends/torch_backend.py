@@ -218,6 +218,34 @@ class TorchBackend(Backend):
             system.A, system.b, system.x0, scalar=system.structure.name == "scalar",
             reverse=system.reverse, out_dtype=system.dtype)
 
+    def compiled_factored(self, blocks: Any, b: Any) -> Any:
+        """On CPU tensors, the numba kernel for factored blocks (as the NumPy backend's), on
+        NumPy views of the tensors; None on GPUs, for inputs that require grad, or without
+        numba."""
+        tensors = (blocks.scale, blocks.weight, b)
+        if not _numba_applies(tensors, b.device) or b.dtype not in _NUMPY_WORK:
+            return None
+        if any(t.dtype != b.dtype for t in tensors):
+            return None
+
+        def run() -> torch.Tensor:
+            import numpy as np
+
+            from . import numba_kernels
+
+            def view(t: torch.Tensor) -> Any:
+                t = t.detach()
+                return t.resolve_neg().numpy() if t.is_neg() else t.numpy()
+
+            batch = torch.broadcast_shapes(blocks.scale.shape[:-2], blocks.weight.shape[:-3],
+                                           b.shape[:-2])
+            x = numba_kernels.solve_factored(view(blocks.scale), view(blocks.weight), view(b),
+                                             float(blocks.identity), tuple(batch),
+                                             np.dtype(_NUMPY_WORK[b.dtype]))
+            return torch.from_numpy(x)
+
+        return run
+
     def fast_factored(self, blocks: Any, b: Any) -> Any:
         """The Triton dense kernel forming ``diag(s_l) W_l + c I`` in registers (w <= 16)."""
         if not _kernel_applies((blocks.scale, blocks.weight, b), b.device, b.shape[-1]):

@@ -10,9 +10,11 @@ that every batch element shares. Returning a :class:`Factored` from a ``jacobian
 instead of the dense product saves its ``B L w^2`` memory and lets a backend fuse the
 Jacobian into the linear solve: the Triton kernel forms each block in registers from ``s``
 and ``W`` as it walks the steps, so it reads ``B L w + L w^2`` numbers instead of
-``B L w^2``. Where no fused kernel applies (NumPy, wide blocks, damping, an explicit
-``linear_method``), the blocks are materialised and solved by the generic path: a
-:class:`Factored` never changes the answer, only the cost.
+``B L w^2``. On CPUs with numba a compiled kernel does the same
+(``numba_kernels.solve_factored``: each step's ``W_l`` read once for the batch, any
+``w``). Where no fused kernel applies (damping, an explicit ``linear_method``, no numba),
+the blocks are materialised and solved by the generic path: a :class:`Factored` never
+changes the answer, only the cost.
 """
 
 from __future__ import annotations
@@ -146,6 +148,11 @@ def solve_direction(J: Any, R: Any, structure: str, method: str, xp: Any,
         if gamma is None and (method == "kernel" or (method == "auto"
                               and backend.is_accelerator(device_of(R)))):
             fused = backend.fast_factored(J, R)
+            if fused is not None:
+                return fused(), "kernel"
+        if gamma is None and method in ("auto", "kernel"):
+            # a compiled CPU kernel (numba): never forms the dense blocks either
+            fused = backend.compiled_factored(J, R)
             if fused is not None:
                 return fused(), "kernel"
         J = J.dense(xp)

@@ -97,7 +97,6 @@ def iterate(
         X = xp.broadcast_to(x0w[..., None, :], (*prob.batch, length, prob.w))
     else:
         X = xp.astype(init, work, copy=False)
-    method = linear_method
     for k in range(iterations):
         Xprev = prob.prev(X)
         F, J = prob.value(Xprev, jacobian=True)  # one call with value_and_jacobian
@@ -109,7 +108,9 @@ def iterate(
         if k == 0:
             _check_blocks(J, structure, prob.batch, length, prob.w, work,
                           source or "jacobian")
-        D, method = solve_direction(J, F - X, structure, method, xp)
+        # the user's method every time: "auto" is re-chosen (cheap), so that a kernel it
+        # picked once is not then asked for by name (which may mean another kernel)
+        D, _ = solve_direction(J, F - X, structure, linear_method, xp)
         X = X + D
     return xp.astype(X, out_dtype, copy=False)
 

@@ -568,7 +568,9 @@ def _iterate(
                 checked_from.add(source)
             # the exact prefix (residual 0) and the state after it take f(X_prev): one more
             # exact state per iteration, bit for bit, whatever D is
-            D, method_used = newton_step(J, it.R, None, structure, method_used, xp)
+            # the user's method every time ("auto" re-chosen: cheap), not the one it picked
+            # last: asking for "kernel" by name may select another kernel than auto did
+            D, method_used = newton_step(J, it.R, None, structure, linear_method, xp)
             exact = pinned_prefix(it.state_res, xp.zeros_like(it.rnorm), xp)[1]
             Xn = xp.where(exact[..., None], it.F, it.X + D)
             trial = prob.evaluate(Xn, jacobian=may_need_blocks(Xn))

@@ -151,3 +151,73 @@ def test_solve_takes_fused_kernel_for_factored_jacobians(rng, triton_device):
     assert sol.linear_method == "kernel"
     err = np.max(np.abs(sol.states.cpu().numpy() - loop(x0)))
     assert err < tolerance("float64", L, 1e3)
+
+
+# -- the compiled CPU kernel (numba) ----------------------------------------------------------
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("identity", [0.0, 1.0])
+def test_compiled_factored_kernel_matches_dense_solve(rng, lib, dtype, identity):
+    """numba_kernels.solve_factored against a float64 loop over the dense blocks, for
+    shared and batched weights, batch broadcasting, widths 1-16 and short/odd lengths."""
+    pytest.importorskip("numba")
+    from linear_problems import reference_solve
+    from pcrsolve.backends import get_backend
+    from pcrsolve.backends.numpy_backend import numba_available
+
+    if not numba_available():
+        pytest.skip("numba switched off")
+    torch = pytest.importorskip("torch") if lib == "torch" else None
+    for L, w, sb, wb in ((1, 3, (2,), ()), (2, 1, (2,), ()), (37, 5, (3,), (1,)),
+                         (41, 16, (2,), ()), (23, 4, (1,), (2,))):
+        B = max(sb[0], wb[0] if wb else 1)
+        s = rng.uniform(0.0, 1.0, (*sb, L, w))
+        W = rng.standard_normal((*wb, L, w, w)) / np.sqrt(w) * 0.6
+        b = rng.standard_normal((B, L, w))
+        J = s[..., None] * W + identity * np.eye(w)
+        ref = reference_solve(np.broadcast_to(J, (B, L, w, w)), b, np.zeros((B, w)), "dense")
+        if torch is None:
+            arrays = [a.astype(dtype) for a in (s, W, b)]
+            backend = get_backend(np)
+        else:
+            arrays = [torch.tensor(a, dtype=getattr(torch, dtype)) for a in (s, W, b)]
+            import array_api_compat
+
+            backend = get_backend(array_api_compat.array_namespace(arrays[0]))
+        run = backend.compiled_factored(Factored(arrays[0], arrays[1], identity), arrays[2])
+        assert run is not None
+        x = run()
+        x = x.numpy() if torch is not None else x
+        assert x.shape == (B, L, w) and x.dtype == np.dtype(dtype)
+        err = np.max(np.abs(x - ref)) / max(1.0, np.max(np.abs(ref)))
+        assert err <= tolerance(dtype, L), (L, w, err)
+
+
+def test_auto_takes_the_compiled_factored_kernel_on_cpu(rng, monkeypatch):
+    """pcrsolve.solve with a Factored jacobian on NumPy: the linear method is "kernel"
+    (no dense blocks), and the states are the loop's; without numba, the dense path."""
+    pytest.importorskip("numba")
+    from pcrsolve.backends.numpy_backend import numba_available
+
+    if not numba_available():
+        pytest.skip("numba switched off")
+    L, w = 40, 6
+    W, bias, loop = _mlp(rng, L, w, residual=True)
+
+    def step(x, l):
+        return x + np.tanh(np.einsum("nij,...nj->...ni", W[l], x) + bias[l])
+
+    def jacobian(x, l):
+        y = np.tanh(np.einsum("nij,...nj->...ni", W[l], x) + bias[l])
+        return Factored(1.0 - y * y, W[l], identity=1.0)
+
+    x0 = rng.standard_normal((3, w))
+    ref = loop(x0)
+    for no_numba, method in (("0", "kernel"), ("1", None)):
+        monkeypatch.setenv("PCRSOLVE_NO_NUMBA", no_numba)
+        sol = pcrsolve.solve(step, x0, L, jacobian=jacobian, globalisation="none")
+        np.testing.assert_allclose(sol.states, ref, rtol=1e-10, atol=1e-10)
+        if method is not None:
+            assert sol.linear_method == method
+        else:
+            assert sol.linear_method != "kernel"

@@ -155,7 +155,10 @@ def test_batch_elements_converging_apart_keep_their_blocks():
         n = after.iterations
         assert n == before.iterations
         assert calls == {"step": 1, "jacobian": 0, "value_and_jacobian": n}
-        assert np.array_equal(before.states, after.states)
+        if vj is p.value_and_jacobian:  # the same blocks through the same kernel
+            assert np.array_equal(before.states, after.states)
+        else:  # factored blocks take their own compiled kernel: equal to rounding
+            np.testing.assert_allclose(after.states, before.states, rtol=0, atol=1e-14)
     np.testing.assert_allclose(after.states, p.loop(x0), rtol=0, atol=1e-12)
 
 
