@@ -68,9 +68,9 @@ _FM_DOT = {"contract", "reassoc"}
 #: costs ~100 cycles per multiply.
 TINY = 2.0 ** -960
 
-#: Sub-chain offset of the 4-way transfer: the 4 streams start ``m`` steps apart with
-#: ``m % 512 == SUB_ALIGN``, 576 bytes apart in cache-set space (streams a multiple of 4 KiB
-#: apart alias in L1 and stall each other's loads).
+#: Piece offset of the 8-way transfer (:func:`_w1_transfer`): its streams start ``m`` steps
+#: apart with ``m % 512 == SUB_ALIGN``, 576 bytes apart in cache-set space (streams a
+#: multiple of 4 KiB apart alias in L1 and stall each other's loads).
 SUB_ALIGN = 72
 
 
@@ -682,7 +682,7 @@ def piece_share(T: int) -> float:
 
     Thread 0 scans the head (``1 - T s`` of the steps) while each other thread computes
     one piece's transfer; then all ``T`` scan one piece each. A transfer runs ~1.7x faster
-    than the scan (no store, 4 independent chains), which balances phase 1 at
+    than the scan (no store, 8 independent chains), which balances phase 1 at
     ``s = 1 / (T + 1.7)``; measured on the 2-core EPYC (scalar ``L = 2^22``), 0.25-0.30
     were equally fast and 0.2 and 0.35 slower.
     """
@@ -716,11 +716,10 @@ def _flatten(A: np.ndarray, b: np.ndarray, x0: np.ndarray | None, block_ndim: in
     """``(BA, L, *block)``, ``(Bb, L, w)``, ``(Bx, w)`` arrays of dtype ``work`` and each
     batch element's row in them (broadcasting without copies).
 
-    Strided inputs stay strided where their batch axes merge into one (the kernels take any
-    strides): a step-major Jacobian from a batched step function, ``(L, B, w, w)`` in
-    memory, would otherwise be copied on every Newton iteration (2 x 20 ms per iteration
-    for ``B = 8``, ``w = 4``, ``L = 2^16``), to save nothing: each batch element's rows
-    are whole cache lines either way.
+    Non-contiguous operands (a step-major Jacobian from a batched step function is
+    ``(L, B, w, w)`` in memory) are copied by :func:`_contiguous` into a pooled buffer:
+    13 ms per iteration for ``B = 8``, ``w = 4``, ``L = 2^16``, against 22 ms with a fresh
+    allocation and 15 ms more kernel time when the kernel walks the strides itself.
     """
     L, w = int(b.shape[-2]), int(b.shape[-1])
     abatch = tuple(A.shape[: A.ndim - 1 - block_ndim])

@@ -156,7 +156,7 @@ class NumpyBackend(Backend):
 
             batch = np.broadcast_shapes(scale.shape[:-2], weight.shape[:-3], b.shape[:-2])
             x = numba_kernels.solve_factored(scale, weight, b, float(blocks.identity),
-                                             tuple(batch), np.result_type(scale, b))
+                                             tuple(batch), np.result_type(scale, weight, b))
             return x if x.dtype == b.dtype else x.astype(b.dtype)
 
         return run

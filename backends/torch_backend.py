@@ -46,6 +46,22 @@ def torch_jvp(step: Any) -> Any:
     return jvp
 
 
+def _basis_jvps(step: Any, x: torch.Tensor, l: torch.Tensor, with_value: bool) -> Any:
+    """``step``'s JVPs at ``x`` along every basis vector, by one :func:`torch.func.vmap`.
+
+    Returns the columns ``(w, *x.shape)``, preceded by the step's value (the JVPs' primal,
+    unbatched) if ``with_value``. Raises what ``vmap`` raises for steps it cannot trace
+    (and, with the value, for a primal it batches).
+    """
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+
+    def column(e: torch.Tensor) -> Any:
+        out = torch.func.jvp(lambda z: step(z, l), (x,), (e.expand_as(x),))
+        return out if with_value else out[1]
+
+    return torch.func.vmap(column, out_dims=(None, 0) if with_value else 0)(eye)
+
+
 def _needs_grad(tensors: tuple[Any, ...]) -> bool:
     """Whether the autograd tape would record a solve of ``tensors`` (kernels would cut it)."""
     return torch.is_grad_enabled() and any(
@@ -90,6 +106,21 @@ def _numba_applies(tensors: tuple[Any, ...], device: Any) -> bool:
 _NUMPY_WORK = {torch.float32: "float32", torch.float64: "float64"}
 
 
+def _as_numpy(t: Any, dtype: Any = None) -> Any:
+    """A NumPy view of tensor ``t`` for the compiled kernels (None stays None).
+
+    ``.numpy()`` shares memory: a copy only to convert to ``dtype`` or to resolve a lazy
+    negation. Each torch call costs ~1 us, so only the needed ones are made.
+    """
+    if t is None:
+        return None
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    if t.requires_grad:  # under torch.no_grad()
+        t = t.detach()
+    return t.resolve_neg().numpy() if t.is_neg() else t.numpy()
+
+
 def _numba_solve(system: Any) -> torch.Tensor:
     """:func:`numba_kernels.solve <pcrsolve.backends.numba_kernels.solve>` on CPU tensors.
 
@@ -103,17 +134,8 @@ def _numba_solve(system: Any) -> torch.Tensor:
     from . import numba_kernels
 
     work = system.work_dtype
-
-    def view(t: Any) -> Any:  # (each torch call costs ~1 us: only the ones needed)
-        if t is None:
-            return None
-        if t.dtype != work:
-            t = t.to(work)
-        if t.requires_grad:  # under torch.no_grad()
-            t = t.detach()
-        return t.resolve_neg().numpy() if t.is_neg() else t.numpy()
-
-    x = numba_kernels.solve(view(system.A), view(system.b), view(system.x0),
+    x = numba_kernels.solve(_as_numpy(system.A, work), _as_numpy(system.b, work),
+                            _as_numpy(system.x0, work),
                             system.structure.block_ndim, system.reverse,
                             tuple(system.batch_shape), np.dtype(_NUMPY_WORK[work]))
     out = torch.from_numpy(x)
@@ -233,14 +255,10 @@ class TorchBackend(Backend):
 
             from . import numba_kernels
 
-            def view(t: torch.Tensor) -> Any:
-                t = t.detach()
-                return t.resolve_neg().numpy() if t.is_neg() else t.numpy()
-
             batch = torch.broadcast_shapes(blocks.scale.shape[:-2], blocks.weight.shape[:-3],
                                            b.shape[:-2])
-            x = numba_kernels.solve_factored(view(blocks.scale), view(blocks.weight), view(b),
-                                             float(blocks.identity), tuple(batch),
+            x = numba_kernels.solve_factored(_as_numpy(blocks.scale), _as_numpy(blocks.weight),
+                                             _as_numpy(b), float(blocks.identity), tuple(batch),
                                              np.dtype(_NUMPY_WORK[b.dtype]))
             return torch.from_numpy(x)
 
@@ -276,13 +294,8 @@ class TorchBackend(Backend):
         batched = jacobian_provider(torch_jvp(step), structure, self.xp)
 
         def jac(x: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-            eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-
-            def column(e: torch.Tensor) -> torch.Tensor:
-                return torch.func.jvp(lambda z: step(z, l), (x,), (e.expand_as(x),))[1]
-
             try:
-                cols = torch.func.vmap(column)(eye)
+                cols = _basis_jvps(step, x, l, with_value=False)
             except Exception:  # not vmap-traceable (e.g. .item(), data-dependent flow)
                 return batched(x, l)
             return assemble_blocks(cols, structure, self.xp)
@@ -302,13 +315,8 @@ class TorchBackend(Backend):
         blocks = self.jacobian(step, structure)
 
         def pair(x: torch.Tensor, l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-
-            def column(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                return torch.func.jvp(lambda z: step(z, l), (x,), (e.expand_as(x),))
-
             try:
-                F, cols = torch.func.vmap(column, out_dims=(None, 0))(eye)
+                F, cols = _basis_jvps(step, x, l, with_value=True)
             except Exception:  # not vmap-traceable, or a batched primal
                 return step(x, l), blocks(x, l)
             return F, assemble_blocks(cols, structure, self.xp)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from pcrsolve.errors import InputError
 
 from .torch_adjoint import _Adjoint
+from .torch_backend import _NUMPY_WORK, _as_numpy, _numba_applies
 from .torch_params import param_list
 
 __all__ = ["TorchCommunicator", "differentiable_solve", "local_kernels"]
@@ -252,13 +253,16 @@ class _CpuKernels:
 
     @staticmethod
     def applies(*tensors: Any) -> bool:
-        from .numpy_backend import numba_available
+        given = tuple(t for t in tensors if t is not None)
+        return (all(isinstance(t, torch.Tensor) and t.dtype in _NUMPY_WORK for t in given)
+                and all(t.device.type == "cpu" for t in given)
+                and _numba_applies(given, "cpu"))
 
-        ok = all(isinstance(t, torch.Tensor) and t.device.type == "cpu"
-                 and t.dtype in (torch.float32, torch.float64)
-                 and not (t.requires_grad and torch.is_grad_enabled())
-                 for t in tensors if t is not None)
-        return ok and numba_available()
+    @staticmethod
+    def _work(b: torch.Tensor) -> Any:
+        import numpy as np
+
+        return np.dtype(_NUMPY_WORK[b.dtype])
 
     def summary(self, A: torch.Tensor, b: torch.Tensor, x0: torch.Tensor | None,
                 block_ndim: int, batch: tuple[int, ...], want_A: bool) -> Any:
@@ -268,15 +272,12 @@ class _CpuKernels:
         """
         if not self.applies(A, b, x0):
             return None
-        import numpy as np
-
         from . import numba_kernels
 
         work = b.dtype
         A_seg, b_seg = numba_kernels.summary(
-            A.detach().to(work).numpy(), b.detach().numpy(),
-            None if x0 is None else x0.detach().to(work).numpy(), block_ndim, batch,
-            want_A, np.dtype(str(work).replace("torch.", "")))
+            _as_numpy(A, work), _as_numpy(b), _as_numpy(x0, work), block_ndim, batch,
+            want_A, self._work(b))
         return (None if A_seg is None else torch.from_numpy(A_seg).to(work),
                 torch.from_numpy(b_seg).to(work))
 
@@ -285,14 +286,11 @@ class _CpuKernels:
         """This rank's states from its incoming state ``z`` (numba_kernels.solve), or None."""
         if not self.applies(A, b, z):
             return None
-        import numpy as np
-
         from . import numba_kernels
 
         work = b.dtype
-        x = numba_kernels.solve(A.detach().to(work).numpy(), b.detach().numpy(),
-                                z.detach().to(work).numpy(), block_ndim, reverse, batch,
-                                np.dtype(str(work).replace("torch.", "")))
+        x = numba_kernels.solve(_as_numpy(A, work), _as_numpy(b), _as_numpy(z, work),
+                                block_ndim, reverse, batch, self._work(b))
         return torch.from_numpy(x)
 
     def scan_decay(self, A: torch.Tensor, b: torch.Tensor, block_ndim: int, reverse: bool,
@@ -301,14 +299,11 @@ class _CpuKernels:
         or where the kernels do not apply)."""
         if block_ndim == 2 or not self.applies(A, b):
             return None
-        import numpy as np
-
         from . import numba_kernels
 
         work = b.dtype
         x, A_seg, b_seg, K = numba_kernels.scan_decay(
-            A.detach().to(work).numpy(), b.detach().numpy(), block_ndim, reverse, batch,
-            np.dtype(str(work).replace("torch.", "")))
+            _as_numpy(A, work), _as_numpy(b), block_ndim, reverse, batch, self._work(b))
         return (torch.from_numpy(x), torch.from_numpy(A_seg).to(work),
                 torch.from_numpy(b_seg).to(work), K)
 

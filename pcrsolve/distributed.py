@@ -49,12 +49,19 @@ from typing import Any, Protocol, runtime_checkable
 
 from .backends import get_backend, namespace_name
 from .blocks import STRUCTURES, Structure
-from .direction import all_finite_blocks, finite_sum_blocks, jacobian_blocks
+from .direction import (
+    all_finite_blocks,
+    autodiff_pair,
+    finite_sum_blocks,
+    jacobian_blocks,
+    value_and_blocks,
+)
 from .errors import ConvergenceError, InputError, PCRSolveError, StepFunctionError
 from .factored import Factored
 from .linear import METHODS
 from .linear import solve_linear as _single_solve_linear
 from .namespace import check_finite, device_of, infer_namespace, working_dtype
+from .newton import _JacobianOf, jacobian_label
 from .newton import solve as _single_solve
 from .result import Solution, Status
 from .steps import checked, checked_pair
@@ -727,23 +734,14 @@ def _value_and_blocks(mode: str, step: Callable, jacobian: Callable | None,
                       jacobian_structure: str, xp: Any
                       ) -> tuple[Callable, str, Callable] | None:
     """``(jacobian, jacobian_structure, pair)`` when an iteration's values and blocks come
-    from one call (the user's ``value_and_jacobian``, or the backend's autodiff hook as in
+    from one call (the user's ``value_and_jacobian``, or the backend's autodiff pair, as in
     :func:`pcrsolve.solve`); None otherwise. ``jacobian`` gives blocks alone, for states
     whose value is known (batch elements that stopped)."""
-    from .direction import value_and_blocks
-    from .newton import _JacobianOf
-
-    if mode not in ("newton", "quasi"):
-        return None
-    if value_and_jacobian is None:
-        if jacobian is not None or jvp is not None:
-            return None
-        want = "dense" if mode == "newton" else "diagonal"
-        value_and_jacobian = get_backend(xp).value_and_jacobian(step, want)
-        if value_and_jacobian is None:
-            return None
-        jacobian_structure = want
+    value_and_jacobian, jacobian_structure = autodiff_pair(
+        mode, step, jacobian, jvp, value_and_jacobian, jacobian_structure, get_backend(xp))
     pair = value_and_blocks(mode, value_and_jacobian, jacobian_structure, xp)
+    if pair is None:
+        return None
     return (jacobian if jacobian is not None else _JacobianOf(value_and_jacobian),
             jacobian_structure, pair)
 
@@ -1015,9 +1013,9 @@ def _iterate(step: Callable, x0: Any, length: int, comm: Communicator, xp: Any, 
     idx = xp.arange(offset, offset + n, dtype=xp.int64, device=dev)
     x0w = comm.broadcast(xp.astype(x0, work, copy=True), src=0)
     stepc = checked(step, "step", xp)
-    user_jacobian = ("value_and_jacobian" if value_and_jacobian is not None and jacobian is None
-                     else "jacobian" if jacobian is not None
-                     else "jvp" if jvp is not None else None)
+    user_jacobian = jacobian_label(
+        _JacobianOf(value_and_jacobian) if value_and_jacobian is not None and jacobian is None
+        else jacobian, jvp)
     pair = _value_and_blocks(mode, step, jacobian, jvp, value_and_jacobian, jacobian_structure,
                              xp)
     if pair is not None:

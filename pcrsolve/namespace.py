@@ -153,8 +153,9 @@ def working_dtype(arrays: Mapping[str, Any], xp: Any) -> tuple[Any, Any]:
     return work, out
 
 
-def _sum_is_finite(x: Any, xp: Any) -> bool:
-    """Whether the sum of ``x`` is finite: then every element is (one reduction, no mask).
+def finite_sum(x: Any, xp: Any) -> Any:
+    """A 0-d bool array: whether the sum of ``x`` is finite (one reduction, no mask, no
+    host sync); then every element is.
 
     NaN and Inf propagate through a sum (``Inf - Inf`` is NaN), so a finite sum proves
     every element finite. The converse does not hold: finite values whose sum overflows
@@ -166,7 +167,12 @@ def _sum_is_finite(x: Any, xp: Any) -> bool:
     half = [getattr(xp, n) for n in ("float16", "bfloat16") if hasattr(xp, n)]
     dtype = xp.float32 if any(x.dtype == d for d in half) else None
     with get_backend(xp).quiet_float_errors():  # an overflowing sum is not an error here
-        return bool(xp.isfinite(xp.sum(x, dtype=dtype)))
+        return xp.isfinite(xp.sum(x, dtype=dtype))
+
+
+def _sum_is_finite(x: Any, xp: Any) -> bool:
+    """:func:`finite_sum` read on the host."""
+    return bool(finite_sum(x, xp))
 
 
 def check_finite(arrays: Mapping[str, Any], xp: Any) -> None:

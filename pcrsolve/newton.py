@@ -35,6 +35,7 @@ from .backends import get_backend
 from .blocks import STRUCTURES
 from .direction import (
     all_finite_blocks,
+    autodiff_pair,
     check_blocks,
     finite_sum_blocks,
     jacobian_blocks,
@@ -479,13 +480,9 @@ def _iterate(
     user_jacobian = jacobian_label(
         _JacobianOf(value_and_jacobian) if value_and_jacobian is not None and jacobian is None
         else jacobian, jvp)
-    if (value_and_jacobian is None and jacobian is None and jvp is None
-            and mode in ("newton", "quasi")):
-        # no Jacobian given: the backend's autodiff may give value and blocks in one pass
-        want = "dense" if mode == "newton" else "diagonal"
-        value_and_jacobian = get_backend(xp).value_and_jacobian(step, want)
-        if value_and_jacobian is not None:
-            jacobian_structure = want
+    # no Jacobian given: the backend's autodiff may give value and blocks in one pass
+    value_and_jacobian, jacobian_structure = autodiff_pair(
+        mode, step, jacobian, jvp, value_and_jacobian, jacobian_structure, get_backend(xp))
     if value_and_jacobian is not None and jacobian is None:
         jacobian = _JacobianOf(value_and_jacobian)
     pair = value_and_blocks(mode, value_and_jacobian, jacobian_structure, xp)

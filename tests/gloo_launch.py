@@ -61,6 +61,21 @@ def launch(script: str, P: int, tmp: Any, timeout: float) -> list[Any]:
     return results
 
 
+def recorder(results: dict[str, str | None]) -> Any:
+    """``check(name, fn)`` for a worker: runs ``fn()`` and records ``results[name]``, None if
+    it passed, else the traceback (each check's failure is reported by its own test)."""
+    import traceback
+
+    def check(name: str, fn: Any) -> None:
+        try:
+            fn()
+            results[name] = None
+        except Exception:
+            results[name] = traceback.format_exc()
+
+    return check
+
+
 def finish_worker(results: Any, out: str) -> None:
     """Write a worker's ``results`` to ``out`` and leave the process (never returns)."""
     import torch.distributed as dist

@@ -10,12 +10,11 @@ None``. The pytest functions read those files. Every process is bounded by a tim
 from __future__ import annotations
 
 import sys
-import traceback
 from typing import Any
 
 import numpy as np
 import pytest
-from gloo_launch import finish_worker, launch
+from gloo_launch import finish_worker, launch, recorder
 
 import pcrsolve
 from pcrsolve.distributed import DistributedError, ThreadedGroup, segment_summary
@@ -89,12 +88,7 @@ def _worker(P: int, rank: int, port: int, out: str) -> None:
     hi = lo + seg[rank]
     t = torch.float64
 
-    def check(name: str, fn: Any) -> None:
-        try:
-            fn()
-            results[name] = None
-        except Exception:
-            results[name] = traceback.format_exc()
+    check = recorder(results)
 
     def same_everywhere(value: Any) -> None:
         got = [None] * P

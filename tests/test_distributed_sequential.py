@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import sys
 import threading
-import traceback
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from gloo_launch import finish_worker, launch  # noqa: E402
+from gloo_launch import finish_worker, launch, recorder  # noqa: E402
 
 import pcrsolve  # noqa: E402
 from pcrsolve.adapters.torch import ParallelSequential, Residual  # noqa: E402
@@ -112,12 +111,7 @@ def _run_checks(comm_or_group: Any, P: int, rank: int, blocks_per_rank: list[int
     hi = lo + blocks_per_rank[rank]
     last = rank == P - 1
 
-    def check(name: str, fn: Any) -> None:
-        try:
-            fn()
-            results[name] = None
-        except Exception:
-            results[name] = traceback.format_exc()
+    check = recorder(results)
 
     def same_everywhere(value: Any) -> None:
         got = all_gather_object(value)
